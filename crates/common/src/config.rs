@@ -1,0 +1,371 @@
+//! Configuration, read once at start-up: typed settings from the environment, and secrets
+//! resolved env first, then SSM (cached with a TTL so rotated secrets are picked up).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{secret} is not configured: set the environment variable {secret} or the SSM parameter {parameter}")]
+    MissingSecret {
+        secret: &'static str,
+        parameter: String,
+    },
+    #[error("{name} is empty")]
+    Empty { name: String },
+    #[error("could not read SSM parameter {parameter}: {message}")]
+    Ssm { parameter: String, message: String },
+    #[error("{name}={value:?} is invalid: {expected}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+/// The secrets the backend uses, each with its env var and SSM parameter (under the prefix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Secret {
+    ApiSecretKey,
+    SoundcloudClientId,
+    SoundcloudClientSecret,
+}
+
+impl Secret {
+    pub fn env_name(self) -> &'static str {
+        match self {
+            Self::ApiSecretKey => "API_SECRET_KEY",
+            Self::SoundcloudClientId => "SOUNDCLOUD_CLIENT_ID",
+            Self::SoundcloudClientSecret => "SOUNDCLOUD_CLIENT_SECRET",
+        }
+    }
+
+    pub fn parameter(self, prefix: &str) -> String {
+        let suffix = match self {
+            Self::ApiSecretKey => "/api/API_SECRET_KEY",
+            Self::SoundcloudClientId => "/soundcloud/CLIENT_ID",
+            Self::SoundcloudClientSecret => "/soundcloud/CLIENT_SECRET",
+        };
+        format!("{}{suffix}", prefix.trim_end_matches('/'))
+    }
+}
+
+/// Where secrets come from. `Ok(None)`: this source does not have it (the next one is asked).
+#[async_trait]
+pub trait SecretSource: Send + Sync {
+    async fn lookup(&self, secret: Secret) -> Result<Option<String>, ConfigError>;
+}
+
+/// Secrets from the process environment, snapshotted once.
+#[derive(Clone, Default)]
+pub struct EnvSecrets(HashMap<Secret, String>);
+
+impl EnvSecrets {
+    pub fn from_env() -> Self {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
+        let all = [
+            Secret::ApiSecretKey,
+            Secret::SoundcloudClientId,
+            Secret::SoundcloudClientSecret,
+        ];
+        Self(
+            all.into_iter()
+                .filter_map(|s| var(s.env_name()).map(|v| (s, v)))
+                .collect(),
+        )
+    }
+
+    pub fn with(mut self, secret: Secret, value: impl Into<String>) -> Self {
+        self.0.insert(secret, value.into());
+        self
+    }
+}
+
+#[async_trait]
+impl SecretSource for EnvSecrets {
+    async fn lookup(&self, secret: Secret) -> Result<Option<String>, ConfigError> {
+        Ok(self.0.get(&secret).cloned())
+    }
+}
+
+pub type Clock = Arc<dyn Fn() -> Instant + Send + Sync>;
+
+pub const SSM_CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// SSM Parameter Store (GetParameter WithDecryption) with a per-name TTL cache shared across
+/// warm invocations.
+pub struct SsmSecrets {
+    client: aws_sdk_ssm::Client,
+    prefix: String,
+    ttl: Duration,
+    clock: Clock,
+    cache: Mutex<HashMap<Secret, (Instant, String)>>,
+}
+
+impl SsmSecrets {
+    pub fn new(client: aws_sdk_ssm::Client, prefix: impl Into<String>) -> Self {
+        Self::with_clock(client, prefix, SSM_CACHE_TTL, Arc::new(Instant::now))
+    }
+
+    pub fn with_clock(
+        client: aws_sdk_ssm::Client,
+        prefix: impl Into<String>,
+        ttl: Duration,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            client,
+            prefix: prefix.into(),
+            ttl,
+            clock,
+            cache: Mutex::default(),
+        }
+    }
+
+    fn cached(&self, secret: Secret) -> Option<String> {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        let (fetched, value) = cache.get(&secret)?;
+        ((self.clock)().saturating_duration_since(*fetched) < self.ttl).then(|| value.clone())
+    }
+}
+
+#[async_trait]
+impl SecretSource for SsmSecrets {
+    async fn lookup(&self, secret: Secret) -> Result<Option<String>, ConfigError> {
+        if let Some(value) = self.cached(secret) {
+            return Ok(Some(value));
+        }
+        let parameter = secret.parameter(&self.prefix);
+        let result = self
+            .client
+            .get_parameter()
+            .name(&parameter)
+            .with_decryption(true)
+            .send()
+            .await;
+        let value = match result {
+            Ok(out) => out.parameter.and_then(|p| p.value),
+            Err(err) => {
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_parameter_not_found())
+                {
+                    return Ok(None);
+                }
+                let message = aws_sdk_ssm::error::DisplayErrorContext(&err).to_string();
+                return Err(ConfigError::Ssm { parameter, message });
+            }
+        };
+        if let Some(value) = &value {
+            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+            cache.insert(secret, ((self.clock)(), value.clone()));
+        }
+        Ok(value)
+    }
+}
+
+/// The resolution order: each source in turn (env, then SSM); a missing or empty value is an
+/// error naming where it was looked for, never carrying a value.
+pub struct Secrets {
+    sources: Vec<Box<dyn SecretSource>>,
+    prefix: String,
+}
+
+impl Secrets {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            sources: Vec::new(),
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn source(mut self, source: impl SecretSource + 'static) -> Self {
+        self.sources.push(Box::new(source));
+        self
+    }
+
+    pub async fn get(&self, secret: Secret) -> Result<String, ConfigError> {
+        for source in &self.sources {
+            if let Some(value) = source.lookup(secret).await? {
+                if value.trim().is_empty() {
+                    return Err(ConfigError::Empty {
+                        name: secret.env_name().into(),
+                    });
+                }
+                return Ok(value);
+            }
+        }
+        Err(ConfigError::MissingSecret {
+            secret: secret.env_name(),
+            parameter: secret.parameter(&self.prefix),
+        })
+    }
+}
+
+/// Every setting, with its default; read once from the environment.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub cors_allow_origin: Option<String>,
+    pub ssm_prefix: String,
+    /// `S3_DOWNLOAD_BUCKET_NAME`; `None` when unset (the Lambda then uses the default bucket,
+    /// the local CLI stores on disk).
+    pub bucket: Option<String>,
+    pub presigned_expiry: Duration,
+    pub max_tracks: usize,
+    pub concurrency: usize,
+    pub track_timeout: Duration,
+    pub scdl_bin: PathBuf,
+    pub ffmpeg_bin: PathBuf,
+    pub jwt_leeway_seconds: u64,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub data_dir: PathBuf,
+    /// A custom S3 endpoint (MinIO, s3s, LocalStack) is addressed path-style.
+    pub s3_endpoint: Option<String>,
+}
+
+pub const DEFAULT_BUCKET: &str = "xomcloud-downloads";
+pub const DEFAULT_SSM_PREFIX: &str = "/xomcloud";
+
+impl Settings {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let text = |name: &str| {
+            var(name)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let number = |name: &'static str, default: u64, min: u64| -> Result<u64, ConfigError> {
+            match text(name) {
+                None => Ok(default),
+                Some(v) => match v.parse::<u64>() {
+                    Ok(n) if n >= min => Ok(n),
+                    _ => Err(ConfigError::Invalid {
+                        name,
+                        value: v,
+                        expected: if min > 0 {
+                            "a positive whole number"
+                        } else {
+                            "a whole number"
+                        },
+                    }),
+                },
+            }
+        };
+        Ok(Self {
+            cors_allow_origin: text("CORS_ALLOW_ORIGIN"),
+            ssm_prefix: text("SSM_PREFIX").unwrap_or_else(|| DEFAULT_SSM_PREFIX.into()),
+            bucket: text("S3_DOWNLOAD_BUCKET_NAME"),
+            presigned_expiry: Duration::from_secs(number("PRESIGNED_EXPIRY_SECONDS", 3600, 1)?),
+            max_tracks: number("MAX_TRACKS", 5, 1)? as usize,
+            concurrency: number("DOWNLOAD_CONCURRENCY", 4, 1)? as usize,
+            track_timeout: Duration::from_secs(number("TRACK_TIMEOUT_SECONDS", 120, 1)?),
+            scdl_bin: text("SCDL_BIN").unwrap_or_else(|| "scdl".into()).into(),
+            ffmpeg_bin: text("FFMPEG_BIN").unwrap_or_else(|| "ffmpeg".into()).into(),
+            jwt_leeway_seconds: number("JWT_LEEWAY_SECONDS", 0, 0)?,
+            jwt_issuer: text("JWT_ISSUER"),
+            jwt_audience: text("JWT_AUDIENCE"),
+            data_dir: text("XOMCLOUD_DATA_DIR")
+                .unwrap_or_else(|| "data".into())
+                .into(),
+            s3_endpoint: text("AWS_ENDPOINT_URL_S3").or_else(|| text("AWS_ENDPOINT_URL")),
+        })
+    }
+
+    pub fn bucket_or_default(&self) -> &str {
+        self.bucket.as_deref().unwrap_or(DEFAULT_BUCKET)
+    }
+}
+
+/// The AWS SDK configuration from the environment (region, credentials, `AWS_ENDPOINT_URL_*`).
+pub async fn aws_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+/// Env first, then SSM: what the Lambda functions use.
+pub fn env_then_ssm(sdk: &aws_config::SdkConfig, prefix: &str) -> Secrets {
+    Secrets::new(prefix)
+        .source(EnvSecrets::from_env())
+        .source(SsmSecrets::new(aws_sdk_ssm::Client::new(sdk), prefix))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| map.get(name).cloned()
+    }
+
+    #[test]
+    fn defaults() {
+        let s = Settings::from_vars(vars(&[])).unwrap();
+        assert_eq!(s.bucket_or_default(), "xomcloud-downloads");
+        assert_eq!(s.presigned_expiry, Duration::from_secs(3600));
+        assert_eq!((s.max_tracks, s.concurrency), (5, 4));
+        assert_eq!(s.track_timeout, Duration::from_secs(120));
+        assert_eq!(s.scdl_bin, PathBuf::from("scdl"));
+        assert_eq!(s.ssm_prefix, "/xomcloud");
+        assert_eq!(s.jwt_leeway_seconds, 0);
+    }
+
+    #[test]
+    fn bad_numbers_are_named() {
+        let err = Settings::from_vars(vars(&[("MAX_TRACKS", "0")])).unwrap_err();
+        assert!(err.to_string().contains("MAX_TRACKS"), "{err}");
+        let err = Settings::from_vars(vars(&[("DOWNLOAD_CONCURRENCY", "four")])).unwrap_err();
+        assert!(err.to_string().contains("DOWNLOAD_CONCURRENCY"), "{err}");
+    }
+
+    #[test]
+    fn parameter_names_follow_the_prefix() {
+        assert_eq!(
+            Secret::ApiSecretKey.parameter("/xomcloud"),
+            "/xomcloud/api/API_SECRET_KEY"
+        );
+        assert_eq!(
+            Secret::SoundcloudClientId.parameter("/staging/"),
+            "/staging/soundcloud/CLIENT_ID"
+        );
+        assert_eq!(
+            Secret::SoundcloudClientSecret.parameter("/x"),
+            "/x/soundcloud/CLIENT_SECRET"
+        );
+    }
+
+    #[tokio::test]
+    async fn env_wins_and_missing_names_the_parameter_not_a_value() {
+        let env = EnvSecrets::from_vars(vars(&[("API_SECRET_KEY", "s3cret")]));
+        let secrets = Secrets::new("/xomcloud").source(env);
+        assert_eq!(secrets.get(Secret::ApiSecretKey).await.unwrap(), "s3cret");
+        let err = secrets.get(Secret::SoundcloudClientId).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("SOUNDCLOUD_CLIENT_ID"), "{msg}");
+        assert!(msg.contains("/xomcloud/soundcloud/CLIENT_ID"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn empty_is_an_error() {
+        let env = EnvSecrets::default().with(Secret::ApiSecretKey, "  ");
+        let err = Secrets::new("/x")
+            .source(env)
+            .get(Secret::ApiSecretKey)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ConfigError::Empty { .. }));
+    }
+}

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite: test tools, then every crate's tests and the end-to-end tests in tests/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --test
+# The end-to-end tests drive the compiled Lambda binaries: build them first.
+cargo build --workspace --bins
+cargo test --workspace "$@"
