@@ -173,8 +173,9 @@ impl SecretSource for SsmSecrets {
 
 /// The resolution order: each source in turn (env, then SSM); a missing or empty value is an
 /// error naming where it was looked for, never carrying a value.
+#[derive(Clone)]
 pub struct Secrets {
-    sources: Vec<Box<dyn SecretSource>>,
+    sources: Vec<Arc<dyn SecretSource>>,
     prefix: String,
 }
 
@@ -187,7 +188,7 @@ impl Secrets {
     }
 
     pub fn source(mut self, source: impl SecretSource + 'static) -> Self {
-        self.sources.push(Box::new(source));
+        self.sources.push(Arc::new(source));
         self
     }
 

@@ -10,6 +10,8 @@ pub enum ApiError {
     #[error("{0}")]
     Auth(String),
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{message}")]
     Download {
@@ -34,6 +36,7 @@ impl ApiError {
         match self {
             Self::Validation(_) => "VALIDATION_ERROR",
             Self::Auth(_) => "AUTH_ERROR",
+            Self::Forbidden(_) => "FORBIDDEN",
             Self::NotFound(_) => "NOT_FOUND",
             Self::Download { .. } => "DOWNLOAD_ERROR",
             Self::Internal(_) => "INTERNAL_ERROR",
@@ -44,6 +47,7 @@ impl ApiError {
         match self {
             Self::Validation(_) => 400,
             Self::Auth(_) => 401,
+            Self::Forbidden(_) => 403,
             Self::NotFound(_) => 404,
             // Every track failed upstream: the gateway to SoundCloud failed, not our server.
             Self::Download { .. } => 502,
@@ -54,7 +58,7 @@ impl ApiError {
     /// The message a client may see.
     pub fn public_message(&self) -> &str {
         match self {
-            Self::Validation(m) | Self::Auth(m) | Self::NotFound(m) => m,
+            Self::Validation(m) | Self::Auth(m) | Self::Forbidden(m) | Self::NotFound(m) => m,
             Self::Download { message, .. } => message,
             Self::Internal(_) => "An unexpected error occurred",
         }
@@ -89,6 +93,7 @@ mod tests {
         let cases = [
             (ApiError::validation("x"), "VALIDATION_ERROR", 400),
             (ApiError::Auth("x".into()), "AUTH_ERROR", 401),
+            (ApiError::Forbidden("x".into()), "FORBIDDEN", 403),
             (ApiError::NotFound("x".into()), "NOT_FOUND", 404),
             (
                 ApiError::Download {

@@ -1,0 +1,261 @@
+//! One request's work: fetch tracks (at most `concurrency` at once), append each finished file
+//! to a zip streamed into storage as parts, delete it, and answer with a download link.
+//! Memory holds one part; temp disk holds at most `concurrency` tracks.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use xomcloud_common::storage::{PartWriter, Storage, MIN_PART_SIZE};
+use xomcloud_common::ApiError;
+
+use crate::naming::assign_names;
+use crate::scdl::{FetchError, TrackFetcher};
+use crate::validate::Track;
+use crate::zip_stream::{append_file, ZipStream};
+
+pub const ZIP_NAME: &str = "xomcloud-tracks.zip";
+
+/// A track's progress, observable from outside (CLI progress bars, a job status endpoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrackState {
+    Queued,
+    Downloading,
+    Done,
+    Failed(String),
+}
+
+pub type Progress = Arc<dyn Fn(usize, &TrackState) + Send + Sync>;
+
+pub fn no_progress() -> Progress {
+    Arc::new(|_, _| {})
+}
+
+pub struct Pipeline {
+    pub storage: Arc<dyn Storage>,
+    pub concurrency: usize,
+    pub presign_expiry: Duration,
+    /// Where each request makes its temp dir (removed on every path).
+    pub temp_root: PathBuf,
+    pub part_size: usize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TrackRef {
+    pub id: String,
+    pub title: String,
+    pub artist: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FailedTrack {
+    pub id: String,
+    pub title: String,
+    pub artist: String,
+    pub error: String,
+}
+
+/// The `data` of a 200 answer, in the seed API's shape.
+#[derive(Debug, Clone, Serialize)]
+pub struct DownloadResult {
+    pub download_url: String,
+    pub expires_in: u64,
+    pub total: usize,
+    pub successful: usize,
+    pub failed_count: usize,
+    pub failed: Vec<FailedTrack>,
+    pub tracks_downloaded: Vec<TrackRef>,
+    /// Where the zip was stored (not part of the API answer).
+    #[serde(skip)]
+    pub key: String,
+}
+
+fn track_ref(t: &Track) -> TrackRef {
+    TrackRef {
+        id: t.id.clone(),
+        title: t.title.clone(),
+        artist: t.artist.clone(),
+    }
+}
+
+/// `{owner}/{YYYYmmdd_HHMMSS}-{8 hex}/xomcloud-tracks.zip`
+pub fn object_key(owner: &str, now: time::OffsetDateTime) -> String {
+    let stamp = now
+        .format(time::macros::format_description!(
+            "[year][month][day]_[hour][minute][second]"
+        ))
+        .unwrap_or_default();
+    format!("{owner}/{stamp}-{:08x}/{ZIP_NAME}", rand::random::<u32>())
+}
+
+type Fetched = (usize, PathBuf, Result<PathBuf, FetchError>);
+
+impl Pipeline {
+    pub fn new(storage: Arc<dyn Storage>, concurrency: usize, presign_expiry: Duration) -> Self {
+        Self {
+            storage,
+            concurrency: concurrency.max(1),
+            presign_expiry,
+            temp_root: std::env::temp_dir(),
+            part_size: MIN_PART_SIZE,
+        }
+    }
+
+    pub async fn run(
+        &self,
+        tracks: &[Track],
+        owner: &str,
+        fetcher: Arc<dyn TrackFetcher>,
+        progress: Progress,
+    ) -> Result<DownloadResult, ApiError> {
+        let temp = tempfile::Builder::new()
+            .prefix("xomcloud-")
+            .tempdir_in(&self.temp_root)
+            .map_err(|e| ApiError::internal(format!("temp dir: {e}")))?;
+        let key = object_key(owner, time::OffsetDateTime::now_utc());
+        let upload = self
+            .storage
+            .create_upload(&key)
+            .await
+            .map_err(ApiError::internal)?;
+        let mut sink = PartWriter::new(upload, self.part_size);
+        let mut tasks = JoinSet::new();
+        let result = self
+            .fetch_into(
+                tracks,
+                temp.path(),
+                fetcher,
+                &progress,
+                &mut sink,
+                &mut tasks,
+            )
+            .await;
+        // Stop and reap whatever still runs (their process groups die with them) before the
+        // temp dir goes.
+        tasks.shutdown().await;
+        let errors = match result {
+            Ok(errors) => errors,
+            Err(err) => {
+                if let Err(abort) = sink.abort().await {
+                    tracing::warn!(error = %abort, "aborting the upload failed");
+                }
+                return Err(err);
+            }
+        };
+        let total = tracks.len();
+        let failed: Vec<FailedTrack> = tracks
+            .iter()
+            .zip(&errors)
+            .filter_map(|(t, e)| {
+                Some(FailedTrack {
+                    id: t.id.clone(),
+                    title: t.title.clone(),
+                    artist: t.artist.clone(),
+                    error: e.clone()?,
+                })
+            })
+            .collect();
+        if failed.len() == total {
+            if let Err(abort) = sink.abort().await {
+                tracing::warn!(error = %abort, "aborting the upload failed");
+            }
+            return Err(ApiError::Download {
+                message: format!("All {total} downloads failed"),
+                details: Some(json!(failed)),
+            });
+        }
+        let tracks_downloaded: Vec<TrackRef> = tracks
+            .iter()
+            .zip(&errors)
+            .filter(|(_, e)| e.is_none())
+            .map(|(t, _)| track_ref(t))
+            .collect();
+        sink.finish().await.map_err(ApiError::internal)?;
+        let download_url = self
+            .storage
+            .presign_get(&key, self.presign_expiry)
+            .await
+            .map_err(ApiError::internal)?;
+        drop(temp);
+        Ok(DownloadResult {
+            download_url,
+            expires_in: self.presign_expiry.as_secs(),
+            total,
+            successful: tracks_downloaded.len(),
+            failed_count: failed.len(),
+            failed,
+            tracks_downloaded,
+            key,
+        })
+    }
+
+    /// Runs the fetches and appends each finished file; returns each track's error, if any.
+    /// On success the zip's central directory has been written to `sink` (not yet finished).
+    async fn fetch_into(
+        &self,
+        tracks: &[Track],
+        temp: &Path,
+        fetcher: Arc<dyn TrackFetcher>,
+        progress: &Progress,
+        sink: &mut PartWriter,
+        tasks: &mut JoinSet<(Fetched, tokio::sync::OwnedSemaphorePermit)>,
+    ) -> Result<Vec<Option<String>>, ApiError> {
+        let names = assign_names(tracks);
+        // A permit is held from the fetch until the file is appended and deleted: that bounds
+        // temp disk to `concurrency` tracks even when the upload is slower than the downloads.
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        for (i, track) in tracks.iter().enumerate() {
+            progress(i, &TrackState::Queued);
+            let slots = slots.clone();
+            let fetcher = fetcher.clone();
+            let progress = progress.clone();
+            let url = track.url.clone();
+            let dir = temp.join(i.to_string());
+            tasks.spawn(async move {
+                let permit = slots
+                    .acquire_owned()
+                    .await
+                    .expect("semaphore is never closed");
+                progress(i, &TrackState::Downloading);
+                let result = fetcher.fetch(&url, &dir).await;
+                ((i, dir, result), permit)
+            });
+        }
+        let mut zip = ZipStream::default();
+        let mut errors = vec![None; tracks.len()];
+        while let Some(joined) = tasks.join_next().await {
+            let ((i, dir, result), permit) =
+                joined.map_err(|e| ApiError::internal(format!("fetch task: {e}")))?;
+            match result {
+                Ok(file) => {
+                    append_file(&mut zip, sink, &names[i], &file)
+                        .await
+                        .map_err(ApiError::internal)?;
+                    progress(i, &TrackState::Done);
+                }
+                Err(reason) => {
+                    let reason = reason.to_string();
+                    tracing::info!(track = i, error = %reason, "track failed");
+                    progress(i, &TrackState::Failed(reason.clone()));
+                    errors[i] = Some(reason);
+                }
+            }
+            if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(error = %e, "could not remove a track's temp dir");
+                }
+            }
+            drop(permit);
+        }
+        if errors.iter().any(Option::is_none) {
+            sink.write(&zip.finish())
+                .await
+                .map_err(ApiError::internal)?;
+        }
+        Ok(errors)
+    }
+}

@@ -1,0 +1,429 @@
+//! Fetching one track: the scdl CLI (a yt-dlp wrapper) as a child process, then ffmpeg when the
+//! file is not MP3. scdl 3 exits 0 when a track fails, so success is "an audio file exists and
+//! stderr has no ERROR line", never the exit code alone.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+use tokio::time::Instant;
+
+/// Why a track could not be fetched, in words a user understands.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("Track not found (deleted, private or a wrong URL)")]
+    NotFound,
+    #[error("Not available in your country")]
+    GeoBlocked,
+    #[error("Rate limited by SoundCloud; try again later")]
+    RateLimited,
+    #[error("Only a 30-second preview is available (SoundCloud Go+ track)")]
+    PreviewOnly,
+    #[error("Timed out after {0} s")]
+    TimedOut(u64),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Fetches one track into `dir` (empty, owned by this track) as an MP3 and returns its path.
+#[async_trait]
+pub trait TrackFetcher: Send + Sync {
+    async fn fetch(&self, url: &str, dir: &Path) -> Result<PathBuf, FetchError>;
+}
+
+/// yt-dlp format choice: prefer SoundCloud's own MP3 (no transcode), never a Go+ preview.
+/// `--abort-on-error`: scdl's `--yt-dlp-args` would otherwise turn "ignore errors" back on.
+pub const YT_DLP_ARGS: &str =
+    "--abort-on-error -f ba[format_id*=mp3][format_id!*=preview]/ba[format_id!*=preview]";
+
+/// The scdl command line for one track, as an argument vector (never a shell string).
+pub fn scdl_args(url: &str, out_dir: &Path, client_id: Option<&str>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "-l".into(),
+        url.into(),
+        "--path".into(),
+        out_dir.into(),
+        // Each track has its own directory: a fixed, short name avoids yt-dlp's title mangling.
+        "--name-format".into(),
+        "track".into(),
+        "--hide-progress".into(),
+    ];
+    if let Some(id) = client_id {
+        args.push("--client-id".into());
+        args.push(id.into());
+    }
+    args.push(format!("--yt-dlp-args={YT_DLP_ARGS}").into());
+    args
+}
+
+/// Environment variables a child never inherits.
+const SECRET_VARS: &[&str] = &[
+    "API_SECRET_KEY",
+    "SOUNDCLOUD_CLIENT_ID",
+    "SOUNDCLOUD_CLIENT_SECRET",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+];
+
+const AUDIO_EXTENSIONS: &[&str] = &[
+    "mp3", "m4a", "aac", "opus", "ogg", "oga", "wav", "flac", "aif", "aiff", "webm", "mp4",
+];
+
+/// Most stderr kept per process; the interesting lines are at the start and the end.
+const STDERR_CAP: usize = 256 * 1024;
+
+/// Not `Debug`: it holds the client id.
+#[derive(Clone)]
+pub struct ScdlFetcher {
+    pub scdl_bin: PathBuf,
+    pub ffmpeg_bin: PathBuf,
+    pub client_id: Option<String>,
+    pub timeout: Duration,
+}
+
+struct Finished {
+    status: ExitStatus,
+    stderr: String,
+}
+
+/// Runs a program in its own process group with a deadline; the whole group is killed when the
+/// deadline passes and after the program exits (scdl leaves yt-dlp/ffmpeg children behind).
+async fn run(
+    program: &Path,
+    args: &[OsString],
+    envs: &[(&str, &Path)],
+    deadline: Instant,
+) -> Result<Option<Finished>, FetchError> {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    for var in SECRET_VARS {
+        command.env_remove(var);
+    }
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|e| FetchError::Failed(format!("cannot start {}: {e}", program.display())))?;
+    let pid = child.id();
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let reader = tokio::spawn(async move {
+        let mut kept = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match stderr.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    kept.extend_from_slice(&buf[..n]);
+                    if kept.len() > STDERR_CAP {
+                        // Keep the head (first ERROR) and the tail (last words).
+                        let tail = kept.split_off(kept.len() - STDERR_CAP / 2);
+                        kept.truncate(STDERR_CAP / 2);
+                        kept.extend_from_slice(b"\n...\n");
+                        kept.extend_from_slice(&tail);
+                    }
+                }
+            }
+        }
+        String::from_utf8_lossy(&kept).into_owned()
+    });
+    let waited = tokio::time::timeout_at(deadline, child.wait()).await;
+    if let Some(pid) = pid {
+        kill_group(pid);
+    }
+    let status = match waited {
+        Ok(status) => Some(status.map_err(|e| FetchError::Failed(format!("wait: {e}")))?),
+        Err(_) => {
+            let _ = child.wait().await;
+            None
+        }
+    };
+    let stderr = reader.await.unwrap_or_default();
+    Ok(status.map(|status| Finished { status, stderr }))
+}
+
+fn kill_group(pid: u32) {
+    // SAFETY: killpg only sends a signal; the group was created for this child (process_group(0)).
+    unsafe {
+        libc::killpg(pid as libc::pid_t, libc::SIGKILL);
+    }
+}
+
+impl ScdlFetcher {
+    fn timed_out(&self) -> FetchError {
+        FetchError::TimedOut(self.timeout.as_secs())
+    }
+
+    async fn transcode(&self, input: &Path, deadline: Instant) -> Result<PathBuf, FetchError> {
+        let output = input.with_file_name("transcoded.mp3");
+        let args: Vec<OsString> = vec![
+            "-nostdin".into(),
+            "-hide_banner".into(),
+            "-loglevel".into(),
+            "error".into(),
+            "-y".into(),
+            "-i".into(),
+            input.into(),
+            "-map".into(),
+            "0:a:0".into(),
+            "-c:a".into(),
+            "libmp3lame".into(),
+            "-q:a".into(),
+            "2".into(),
+            "-map_metadata".into(),
+            "0".into(),
+            "-id3v2_version".into(),
+            "3".into(),
+            output.clone().into(),
+        ];
+        let finished = run(&self.ffmpeg_bin, &args, &[], deadline)
+            .await?
+            .ok_or_else(|| self.timed_out())?;
+        if !finished.status.success() || !nonempty(&output).await {
+            let reason = last_line(&finished.stderr).unwrap_or("no output");
+            return Err(FetchError::Failed(format!(
+                "ffmpeg could not convert to MP3: {}",
+                scrub(reason, None)
+            )));
+        }
+        let _ = tokio::fs::remove_file(input).await;
+        Ok(output)
+    }
+}
+
+#[async_trait]
+impl TrackFetcher for ScdlFetcher {
+    async fn fetch(&self, url: &str, dir: &Path) -> Result<PathBuf, FetchError> {
+        let deadline = Instant::now() + self.timeout;
+        let out = dir.join("out");
+        let home = dir.join("home");
+        for d in [&out, &home] {
+            tokio::fs::create_dir_all(d)
+                .await
+                .map_err(|e| FetchError::Failed(format!("temp dir: {e}")))?;
+        }
+        // scdl rewrites its config file under HOME/XDG dirs: each run gets its own.
+        let config = home.join(".config");
+        let cache = home.join(".cache");
+        let envs = [
+            ("HOME", home.as_path()),
+            ("XDG_CONFIG_HOME", config.as_path()),
+            ("XDG_CACHE_HOME", cache.as_path()),
+            ("XDG_DATA_HOME", home.as_path()),
+        ];
+        let args = scdl_args(url, &out, self.client_id.as_deref());
+        let finished = run(&self.scdl_bin, &args, &envs, deadline)
+            .await?
+            .ok_or_else(|| self.timed_out())?;
+        if let Some(line) = error_line(&finished.stderr) {
+            return Err(classify(line, self.client_id.as_deref()));
+        }
+        if !finished.status.success() {
+            let code = finished
+                .status
+                .code()
+                .map_or_else(|| "a signal".to_owned(), |c| c.to_string());
+            let last = last_line(&finished.stderr)
+                .map(|l| format!(": {}", scrub(l, self.client_id.as_deref())))
+                .unwrap_or_default();
+            return Err(FetchError::Failed(format!("scdl exited with {code}{last}")));
+        }
+        let audio = find_audio(&out)
+            .await
+            .ok_or_else(|| FetchError::Failed("scdl finished without an audio file".into()))?;
+        if audio
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("mp3"))
+        {
+            Ok(audio)
+        } else {
+            self.transcode(&audio, deadline).await
+        }
+    }
+}
+
+async fn nonempty(path: &Path) -> bool {
+    tokio::fs::metadata(path)
+        .await
+        .is_ok_and(|m| m.is_file() && m.len() > 0)
+}
+
+/// The largest non-empty audio file under `dir` (scdl may nest it in a folder).
+async fn find_audio(dir: &Path) -> Option<PathBuf> {
+    let mut best: Option<(u64, PathBuf)> = None;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let Ok(mut entries) = tokio::fs::read_dir(&d).await else {
+            continue;
+        };
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let Ok(meta) = entry.metadata().await else {
+                continue;
+            };
+            let path = entry.path();
+            if meta.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            let audio = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| AUDIO_EXTENSIONS.iter().any(|a| a.eq_ignore_ascii_case(e)));
+            if audio && meta.len() > 0 && best.as_ref().is_none_or(|(size, _)| meta.len() > *size) {
+                best = Some((meta.len(), path));
+            }
+        }
+    }
+    best.map(|(_, path)| path)
+}
+
+fn error_line(stderr: &str) -> Option<&str> {
+    stderr.lines().map(str::trim).find(|l| l.contains("ERROR:"))
+}
+
+fn last_line(stderr: &str) -> Option<&str> {
+    stderr.lines().map(str::trim).rfind(|l| !l.is_empty())
+}
+
+/// Known failures in plain words; anything else is the scrubbed ERROR line itself.
+pub fn classify(line: &str, client_id: Option<&str>) -> FetchError {
+    let lower = line.to_lowercase();
+    let has = |needles: &[&str]| needles.iter().any(|n| lower.contains(n));
+    if has(&["429", "too many requests", "rate limit"]) {
+        FetchError::RateLimited
+    } else if has(&[
+        "geo restriction",
+        "not available from your location",
+        "in your country",
+        "geo-restricted",
+        "geo restricted",
+    ]) {
+        FetchError::GeoBlocked
+    } else if has(&["requested format is not available", "preview"]) {
+        FetchError::PreviewOnly
+    } else if has(&["404", "not found"]) {
+        FetchError::NotFound
+    } else {
+        let text = line
+            .split_once("ERROR:")
+            .map_or(line, |(_, rest)| rest)
+            .trim();
+        FetchError::Failed(scrub(text, client_id))
+    }
+}
+
+const MAX_REASON_CHARS: usize = 300;
+
+/// One line, no credentials: the client id, and the values of token-like query parameters.
+pub fn scrub(text: &str, client_id: Option<&str>) -> String {
+    let mut out = text.lines().next().unwrap_or("").trim().to_owned();
+    if let Some(id) = client_id.filter(|id| !id.is_empty()) {
+        out = out.replace(id, "***");
+    }
+    for key in [
+        "client_id=",
+        "client_secret=",
+        "oauth_token=",
+        "access_token=",
+        "secret_token=",
+        "token=",
+        "OAuth ",
+    ] {
+        let mut from = 0;
+        while let Some(pos) = out[from..].find(key) {
+            let start = from + pos + key.len();
+            let end = out[start..]
+                .find(|c: char| c == '&' || c == '"' || c == '\'' || c.is_whitespace())
+                .map_or(out.len(), |e| start + e);
+            out.replace_range(start..end, "***");
+            from = start + 3;
+        }
+    }
+    if out.chars().count() > MAX_REASON_CHARS {
+        out = out.chars().take(MAX_REASON_CHARS).collect::<String>() + "…";
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_are_a_vector_with_the_safe_format() {
+        let args = scdl_args(
+            "https://soundcloud.com/a/b",
+            Path::new("/tmp/t/out"),
+            Some("cid"),
+        );
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            &args[..4],
+            ["-l", "https://soundcloud.com/a/b", "--path", "/tmp/t/out"]
+        );
+        assert!(args.windows(2).any(|w| w == ["--client-id", "cid"]));
+        let ytdlp = args
+            .iter()
+            .find(|a| a.starts_with("--yt-dlp-args="))
+            .unwrap();
+        assert!(ytdlp.contains("--abort-on-error"));
+        assert!(ytdlp.contains("[format_id!*=preview]"));
+        let without = scdl_args("https://soundcloud.com/a/b", Path::new("/o"), None);
+        assert!(!without.iter().any(|a| a == "--client-id"));
+    }
+
+    #[test]
+    fn classifies_known_failures() {
+        let cases = [
+            ("ERROR: [soundcloud] 1: Unable to download JSON metadata: HTTP Error 404: Not Found", FetchError::NotFound),
+            ("ERROR: [soundcloud] 1: This video is not available from your location due to geo restriction", FetchError::GeoBlocked),
+            ("ERROR: Unable to download webpage: HTTP Error 429: Too Many Requests", FetchError::RateLimited),
+            ("ERROR: [soundcloud] 1: Requested format is not available. Use --list-formats", FetchError::PreviewOnly),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(classify(line, None), expected, "{line}");
+        }
+        assert_eq!(
+            classify("ERROR: [soundcloud] 1: something odd", None),
+            FetchError::Failed("[soundcloud] 1: something odd".into())
+        );
+    }
+
+    #[test]
+    fn scrubs_credentials_and_keeps_one_line() {
+        let s = scrub(
+            "GET https://api-v2.soundcloud.com/x?client_id=abc123&oauth_token=zzz failed\nsecond line",
+            Some("abc123"),
+        );
+        assert!(!s.contains("abc123") && !s.contains("zzz"), "{s}");
+        assert!(!s.contains('\n'));
+        assert!(s.contains("client_id=***"), "{s}");
+        let long = scrub(&"é".repeat(1000), None);
+        assert_eq!(long.chars().count(), MAX_REASON_CHARS + 1);
+        assert_eq!(
+            scrub("Authorization: OAuth 2-abc-def", None),
+            "Authorization: OAuth ***"
+        );
+    }
+
+    #[test]
+    fn error_line_is_the_first_error() {
+        let stderr = "[soundcloud] x: Downloading\nWARNING: meh\nERROR: first\nERROR: second\n";
+        assert_eq!(error_line(stderr), Some("ERROR: first"));
+        assert_eq!(last_line("a\nb\n\n"), Some("b"));
+    }
+}

@@ -1,0 +1,103 @@
+//! The `/download` endpoint without any transport: the Lambda and the local server both call
+//! `DownloadService::handle` with a method, a body and the authorizer's principal.
+
+use std::sync::Arc;
+
+use http::{Method, Response};
+use xomcloud_common::config::{ConfigError, Secret, Secrets, Settings};
+use xomcloud_common::response::Cors;
+use xomcloud_common::storage::Storage;
+use xomcloud_common::ApiError;
+
+use crate::pipeline::{DownloadResult, Pipeline, Progress};
+use crate::scdl::{ScdlFetcher, TrackFetcher};
+use crate::validate::{key_owner, parse_request, Track};
+
+pub struct DownloadService {
+    pub pipeline: Pipeline,
+    pub secrets: Secrets,
+    /// The fetcher's settings; the client id is filled in per request (it may rotate).
+    pub scdl: ScdlFetcher,
+    pub max_tracks: usize,
+    pub cors: Cors,
+}
+
+impl DownloadService {
+    pub fn new(settings: &Settings, storage: Arc<dyn Storage>, secrets: Secrets) -> Self {
+        Self {
+            pipeline: Pipeline::new(storage, settings.concurrency, settings.presigned_expiry),
+            secrets,
+            scdl: ScdlFetcher {
+                scdl_bin: settings.scdl_bin.clone(),
+                ffmpeg_bin: settings.ffmpeg_bin.clone(),
+                client_id: None,
+                timeout: settings.track_timeout,
+            },
+            max_tracks: settings.max_tracks,
+            cors: Cors::new(settings.cors_allow_origin.as_deref()),
+        }
+    }
+
+    pub async fn handle(
+        &self,
+        method: &Method,
+        body: &[u8],
+        principal: Option<&str>,
+    ) -> Response<String> {
+        match *method {
+            Method::OPTIONS => self.cors.preflight(),
+            Method::POST => match self.post(body, principal).await {
+                Ok(result) => self.cors.ok(Some(serde_json::json!(result))),
+                Err(err) => self.cors.error(&err),
+            },
+            _ => self.cors.error(&ApiError::NotFound(format!(
+                "{method} is not supported; use POST"
+            ))),
+        }
+    }
+
+    async fn post(&self, body: &[u8], principal: Option<&str>) -> Result<DownloadResult, ApiError> {
+        let request = parse_request(body, self.max_tracks)?;
+        let owner = key_owner(principal, request.username.as_deref());
+        tracing::info!(tracks = request.tracks.len(), "download requested");
+        let result = self
+            .download(&request.tracks, &owner, crate::pipeline::no_progress())
+            .await?;
+        tracing::info!(
+            successful = result.successful,
+            failed = result.failed_count,
+            key = %result.key,
+            "download finished"
+        );
+        Ok(result)
+    }
+
+    /// Runs the pipeline for already validated tracks.
+    pub async fn download(
+        &self,
+        tracks: &[Track],
+        owner: &str,
+        progress: Progress,
+    ) -> Result<DownloadResult, ApiError> {
+        let fetcher = self.fetcher().await;
+        self.pipeline.run(tracks, owner, fetcher, progress).await
+    }
+
+    async fn fetcher(&self) -> Arc<dyn TrackFetcher> {
+        let client_id = match self.secrets.get(Secret::SoundcloudClientId).await {
+            Ok(id) => Some(id),
+            Err(ConfigError::MissingSecret { .. }) => {
+                tracing::warn!("SOUNDCLOUD_CLIENT_ID is not configured; scdl will generate one");
+                None
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "SoundCloud client id unavailable; scdl will generate one");
+                None
+            }
+        };
+        Arc::new(ScdlFetcher {
+            client_id,
+            ..self.scdl.clone()
+        })
+    }
+}

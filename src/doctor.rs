@@ -1,0 +1,72 @@
+//! `xomcloud doctor`: is this machine ready? Finds scdl and ffmpeg, shows the configuration in
+//! effect (secrets masked) and says how to install what is missing.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use xomcloud_common::logging::mask;
+
+async fn version(program: &Path, flag: &str) -> Option<String> {
+    let out = tokio::process::Command::new(program)
+        .arg(flag)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    out.status
+        .success()
+        .then(|| text.lines().next().unwrap_or("").trim().to_owned())
+}
+
+pub async fn run() -> Result<ExitCode, String> {
+    let s = crate::cli::settings()?;
+    let mut ok = true;
+    match version(&s.scdl_bin, "--version").await {
+        Some(v) => println!("ok       scdl {v} ({})", s.scdl_bin.display()),
+        None => {
+            ok = false;
+            println!("MISSING  scdl ({} does not run)", s.scdl_bin.display());
+            println!("         install: scripts/setup.sh   (or: python3 -m venv .venv && .venv/bin/pip install scdl==3.0.9)");
+            println!("         then:    export SCDL_BIN=$PWD/.venv/bin/scdl");
+        }
+    }
+    match version(&s.ffmpeg_bin, "-version").await {
+        Some(v) => println!("ok       {v}"),
+        None => {
+            ok = false;
+            println!("MISSING  ffmpeg ({} does not run)", s.ffmpeg_bin.display());
+            println!("         install: sudo apt-get install -y --no-install-recommends ffmpeg");
+        }
+    }
+    let secret = |name: &str| match std::env::var(name) {
+        Ok(v) if !v.is_empty() => mask(&v),
+        _ => "(not set)".to_owned(),
+    };
+    println!();
+    println!(
+        "storage                   {}",
+        match &s.bucket {
+            Some(b) => format!("s3://{b}"),
+            None => format!("{} (local)", s.data_dir.display()),
+        }
+    );
+    println!("API_SECRET_KEY            {}", secret("API_SECRET_KEY"));
+    println!(
+        "SOUNDCLOUD_CLIENT_ID      {}",
+        secret("SOUNDCLOUD_CLIENT_ID")
+    );
+    println!("MAX_TRACKS                {}", s.max_tracks);
+    println!("DOWNLOAD_CONCURRENCY      {}", s.concurrency);
+    println!("TRACK_TIMEOUT_SECONDS     {}", s.track_timeout.as_secs());
+    println!("PRESIGNED_EXPIRY_SECONDS  {}", s.presigned_expiry.as_secs());
+    println!(
+        "CORS_ALLOW_ORIGIN         {}",
+        xomcloud_common::response::Cors::new(s.cors_allow_origin.as_deref()).allow_origin()
+    );
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
