@@ -26,7 +26,9 @@ impl S3Server {
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = builder.build();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
         let task = tokio::spawn(async move {
             loop {
@@ -67,7 +69,12 @@ impl S3Server {
         let bucket = self.root.path().join(BUCKET);
         let mut keys = Vec::new();
         walk(&bucket, &mut |p| {
-            keys.push(p.strip_prefix(&bucket).unwrap().to_string_lossy().into_owned())
+            keys.push(
+                p.strip_prefix(&bucket)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            )
         });
         keys.sort();
         keys

@@ -52,14 +52,20 @@ impl Rules {
         v.leeway = self.leeway_seconds;
         v.validate_exp = true;
         v.validate_nbf = true;
-        v.set_required_spec_claims(&["exp"]);
+        // A configured iss/aud must be present, not merely right when present.
+        let mut required = vec!["exp"];
         match &self.audience {
-            Some(aud) => v.set_audience(&[aud]),
+            Some(aud) => {
+                v.set_audience(&[aud]);
+                required.push("aud");
+            }
             None => v.validate_aud = false,
         }
         if let Some(iss) = &self.issuer {
             v.set_issuer(&[iss]);
+            required.push("iss");
         }
+        v.set_required_spec_claims(&required);
         v
     }
 }
@@ -272,6 +278,15 @@ mod tests {
             SECRET,
         );
         assert!(verify(&wrong_aud, SECRET, &rules).is_err());
+        let missing = token(
+            Algorithm::HS256,
+            json!({"sub": "a", "exp": now() + 60}),
+            SECRET,
+        );
+        assert!(
+            verify(&missing, SECRET, &rules).is_err(),
+            "iss/aud required once configured"
+        );
         // Without configuration, iss/aud are not checked.
         assert!(verify(&wrong_aud, SECRET, &Rules::default()).is_ok());
     }

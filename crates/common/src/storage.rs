@@ -190,6 +190,7 @@ struct S3Upload {
 impl Upload for S3Upload {
     async fn put_part(&mut self, data: Bytes) -> Result<(), StorageError> {
         let number = self.parts.len() as i32 + 1;
+        let bytes = data.len();
         let out = self
             .client
             .upload_part()
@@ -201,6 +202,7 @@ impl Upload for S3Upload {
             .send()
             .await
             .map_err(|e| StorageError::from_sdk("UploadPart", e))?;
+        tracing::info!(part = number, bytes, "part uploaded");
         self.parts.push(
             aws_sdk_s3::types::CompletedPart::builder()
                 .part_number(number)

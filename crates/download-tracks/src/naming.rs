@@ -70,11 +70,12 @@ fn stem(artist: &str, title: &str, id: &str) -> String {
     } else {
         format!("{artist} - {title}")
     };
-    let stem = cut(&stem, MAX_NAME_CHARS);
-    if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(&stem)) {
-        format!("{stem}_")
+    // Windows reads "NUL.remix.mp3" as the device too: only the part before the first dot counts.
+    let device = stem.split('.').next().unwrap_or_default().trim_end();
+    if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(device)) {
+        cut(&format!("_{stem}"), MAX_NAME_CHARS)
     } else {
-        stem
+        cut(&stem, MAX_NAME_CHARS)
     }
 }
 
@@ -219,8 +220,10 @@ mod tests {
 
     #[test]
     fn windows_device_names_are_avoided() {
-        assert_eq!(entry_name("", "CON", "1"), "CON_.mp3");
-        assert_eq!(entry_name("", "nul", "1"), "nul_.mp3");
+        assert_eq!(entry_name("", "CON", "1"), "_CON.mp3");
+        assert_eq!(entry_name("", "lpt1.remix", "1"), "_lpt1.remix.mp3");
+        assert_eq!(entry_name("Aux", "x", "1"), "Aux - x.mp3");
+        assert_eq!(entry_name("", "nul", "1"), "_nul.mp3");
         assert_eq!(entry_name("", "CONSOLE", "1"), "CONSOLE.mp3");
     }
 

@@ -1,0 +1,345 @@
+//! The root binary end to end: `serve` over real HTTP, `download`, `token` and `doctor`.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::{json, Value};
+use xomcloud_common::presign::LinkSigner;
+
+const SECRET: &str = "cli-test-secret";
+
+fn xomcloud(cwd: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xomcloud"));
+    // A bare directory: no .env, no .venv, no data dir of the developer's.
+    cmd.current_dir(cwd)
+        .env_remove("API_SECRET_KEY")
+        .env_remove("S3_DOWNLOAD_BUCKET_NAME")
+        .env_remove("SOUNDCLOUD_CLIENT_ID")
+        .env("SCDL_BIN", support::stub::stub_scdl())
+        .env("XOMCLOUD_DATA_DIR", cwd.join("data"))
+        .env("TRACK_TIMEOUT_SECONDS", "5")
+        .envs(support::stub::stub_env());
+    cmd
+}
+
+struct Server {
+    child: Child,
+    base: String,
+    banner: Vec<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `xomcloud serve` on a free port and reads its banner up to the listening line (and
+/// the token lines when it made a dev secret).
+fn serve(cwd: &Path, secret: Option<&str>) -> Server {
+    let mut cmd = xomcloud(cwd);
+    cmd.args(["serve", "--addr", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(s) = secret {
+        cmd.env("API_SECRET_KEY", s);
+    }
+    let mut child = cmd.spawn().expect("start xomcloud serve");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
+    let mut base = None;
+    let wanted = if secret.is_some() { 2 } else { 5 };
+    while banner.len() < wanted {
+        let line = lines.next().expect("serve printed its banner").unwrap();
+        if let Some(url) = line.strip_prefix("xomcloud listening on ") {
+            base = Some(url.to_owned());
+        }
+        banner.push(line);
+    }
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    Server {
+        child,
+        base: base.expect("listening line"),
+        banner,
+    }
+}
+
+fn token(sub: &str, secret: &str) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_xomcloud"))
+        .args(["token", "--sub", sub, "--ttl", "10m"])
+        .env("API_SECRET_KEY", secret)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn body(tracks: &[(&str, &str)]) -> String {
+    let tracks: Vec<Value> = tracks
+        .iter()
+        .map(|(id, slug)| json!({"id": id, "url": format!("https://soundcloud.com/someone/{slug}"), "title": format!("Title {id}"), "artist": "Someone"}))
+        .collect();
+    json!({"tracks": tracks}).to_string()
+}
+
+fn zip_names(bytes: &[u8]) -> Vec<String> {
+    let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    (0..z.len())
+        .map(|i| {
+            let mut f = z.by_index(i).unwrap();
+            let mut sink = Vec::new();
+            f.read_to_end(&mut sink).unwrap();
+            f.name().to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_checks_tokens_and_serves_signed_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), Some(SECRET));
+    let client = reqwest::Client::new();
+    let download = format!("{}/download", server.base);
+
+    // No token, a bad one, one signed with another secret: 401 with the envelope.
+    let bad_tokens = [
+        None,
+        Some("Bearer nope".to_owned()),
+        Some(format!("Bearer {}", token("x", "other-secret"))),
+    ];
+    for auth in bad_tokens {
+        let mut req = client.post(&download).body(body(&[("1", "ok-a")]));
+        if let Some(a) = &auth {
+            req = req.header("Authorization", a);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 401);
+        let v: Value = res.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "AUTH_ERROR");
+    }
+
+    // A valid token: the zip lands on disk under the principal, the link streams it.
+    let res = client
+        .post(&download)
+        .header(
+            "Authorization",
+            format!("Bearer {}", token("tester", SECRET)),
+        )
+        .body(body(&[("1", "ok-a"), ("2", "notfound-b")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["data"]["successful"], 1);
+    assert_eq!(v["data"]["failed"][0]["id"], "2");
+    let link = v["data"]["download_url"].as_str().unwrap().to_owned();
+    assert!(
+        link.starts_with(&format!("{}/files/tester/", server.base)),
+        "{link}"
+    );
+    let res = client.get(&link).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["content-disposition"],
+        "attachment; filename=\"xomcloud-tracks.zip\""
+    );
+    assert_eq!(
+        zip_names(&res.bytes().await.unwrap()),
+        ["Someone - Title 1.mp3"]
+    );
+
+    // Tampered: 403. Validly signed but expired: 403 saying so.
+    let tampered = format!(
+        "{}{}",
+        &link[..link.len() - 1],
+        if link.ends_with('0') { '1' } else { '0' }
+    );
+    let res = client.get(&tampered).send().await.unwrap();
+    assert_eq!(res.status(), 403);
+    let key = link
+        .split("/files/")
+        .nth(1)
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap();
+    let past = 1_000_000;
+    let expired = format!(
+        "{}/files/{key}?expires={past}&signature={}",
+        server.base,
+        LinkSigner::new(SECRET.as_bytes()).sign(key, past)
+    );
+    let res = client.get(&expired).send().await.unwrap();
+    assert_eq!(res.status(), 403);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["error"]["message"], "The link has expired");
+    // A path that tries to leave the data dir is refused too.
+    let res = client
+        .get(format!(
+            "{}/files/../secret?expires=9999999999&signature=00",
+            server.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        res.status() == 403 || res.status() == 404,
+        "{}",
+        res.status()
+    );
+
+    // Preflight: exactly the production CORS headers, no token needed.
+    let res = client
+        .request(reqwest::Method::OPTIONS, &download)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let h = res.headers();
+    assert_eq!(
+        h["access-control-allow-origin"],
+        "https://xomcloud.xomware.com"
+    );
+    assert_eq!(
+        h["access-control-allow-headers"],
+        "Content-Type,Authorization"
+    );
+    assert_eq!(h["access-control-allow-methods"], "GET,POST,OPTIONS");
+
+    // Bad input behind a good token: 400 envelope.
+    let res = client
+        .post(&download)
+        .header(
+            "Authorization",
+            format!("Bearer {}", token("tester", SECRET)),
+        )
+        .body("{\"tracks\": [{\"id\": \"1\", \"url\": \"file:///etc/passwd\"}]}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_without_a_secret_prints_a_working_token_and_curl_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), None);
+    let token_line = server
+        .banner
+        .iter()
+        .find(|l| l.starts_with("token"))
+        .expect("token line");
+    let token = token_line.rsplit(' ').next().unwrap();
+    assert!(server
+        .banner
+        .iter()
+        .any(|l| l.starts_with("try: curl ") && l.contains(&server.base)));
+    let res = reqwest::Client::new()
+        .post(format!("{}/download", server.base))
+        .header("Authorization", format!("Bearer {token}"))
+        .body(body(&[("9", "ok-z")]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[test]
+fn download_writes_the_zip_and_fails_when_a_track_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = xomcloud(dir.path())
+        .args([
+            "download",
+            "https://soundcloud.com/some-artist/ok-first-song",
+            "https://soundcloud.com/x/ok-second",
+            "-o",
+            "mix.zip",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("2 of 2 tracks downloaded"), "{stdout}");
+    let zip = std::fs::read(dir.path().join("mix.zip")).unwrap();
+    let mut names = zip_names(&zip);
+    names.sort();
+    assert_eq!(
+        names,
+        ["some artist - ok first song.mp3", "x - ok second.mp3"]
+    );
+
+    let out = xomcloud(dir.path())
+        .args([
+            "download",
+            "https://soundcloud.com/a/ok-one",
+            "https://soundcloud.com/a/geo-two",
+            "-o",
+            "partial.zip",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("Not available in your country"), "{stdout}");
+    assert_eq!(
+        zip_names(&std::fs::read(dir.path().join("partial.zip")).unwrap()).len(),
+        1
+    );
+
+    let out = xomcloud(dir.path())
+        .args(["download", "http://evil.example/x"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("error: "), "one clear line: {stderr}");
+    // Nothing but the two zips and no staging directories are left.
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["mix.zip", "partial.zip"]);
+}
+
+#[test]
+fn doctor_names_the_install_command_when_scdl_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = xomcloud(dir.path())
+        .env("SCDL_BIN", "/nonexistent/scdl")
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(stdout.contains("MISSING  scdl"), "{stdout}");
+    assert!(stdout.contains("pip install scdl==3.0.9"), "{stdout}");
+
+    let out = xomcloud(dir.path())
+        .env("API_SECRET_KEY", "supersecretvalue")
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        !stdout.contains("supersecretvalue"),
+        "secret shown: {stdout}"
+    );
+    assert!(stdout.contains("supe***ue"), "{stdout}");
+}

@@ -1,0 +1,10 @@
+#![allow(dead_code)]
+//! Shared helpers of the end-to-end tests: the compiled Lambda binaries, a Lambda Runtime API
+//! to drive them, and the test tools (moto) they talk to.
+
+pub mod bins;
+pub mod media;
+pub mod moto;
+pub mod runtime_api;
+pub mod s3;
+pub mod stub;

@@ -1,0 +1,37 @@
+//! The scdl stand-in (`tests/stubs/scdl`, a bash script with scdl 3.0.9's command line) and the
+//! environment it needs. Its behaviour is chosen by the URL's last path segment (`ok-`, `m4a-`,
+//! `notfound-`, `geo-`, `ratelimit-`, `preview-`, `leak-`, `crash-`, `empty-`, `hang-`,
+//! `bench-`): see the comment at the top of the script.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// The audio samples the stub copies. Its own copy of the module (no `super::` paths), so this
+/// file compiles both as `support::stub` next to `support::media` and when included alone with
+/// `#[path]`; the samples are shared on disk, so two copies do not make them twice.
+#[allow(dead_code, clippy::duplicate_mod)]
+#[path = "media.rs"]
+pub mod media;
+
+/// Absolute path of `tests/stubs/scdl`; panics unless it is an executable file.
+pub fn stub_scdl() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/stubs/scdl");
+    let meta = std::fs::metadata(&path)
+        .unwrap_or_else(|e| panic!("the scdl stub {} is missing: {e}", path.display()));
+    assert!(
+        meta.is_file() && meta.permissions().mode() & 0o111 != 0,
+        "the scdl stub {} is not executable: chmod +x it (git records the mode)",
+        path.display()
+    );
+    path
+}
+
+/// Variables the stub needs: `SCDL_STUB_MP3` and `SCDL_STUB_M4A` (real audio files). Tests add
+/// `SCDL_STUB_LOG`, `SCDL_STUB_PIDS`, `SCDL_STUB_DELAY` or `SCDL_STUB_SIZE` when they need them.
+pub fn stub_env() -> Vec<(String, String)> {
+    let path = |p: &Path| p.to_str().expect("UTF-8 sample path").to_owned();
+    vec![
+        ("SCDL_STUB_MP3".to_owned(), path(media::sample_mp3())),
+        ("SCDL_STUB_M4A".to_owned(), path(media::sample_m4a())),
+    ]
+}
