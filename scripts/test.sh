@@ -3,6 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
-# The end-to-end tests drive the compiled Lambda binaries: build them first.
+# The end-to-end tests drive the compiled Lambda binaries (debug, and release as the images ship
+# them): build them first.
 cargo build --workspace --bins
+cargo build --release --workspace --bins
 cargo test --workspace "$@"

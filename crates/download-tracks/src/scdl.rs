@@ -35,10 +35,11 @@ pub trait TrackFetcher: Send + Sync {
     async fn fetch(&self, url: &str, dir: &Path) -> Result<PathBuf, FetchError>;
 }
 
-/// yt-dlp format choice: prefer SoundCloud's own MP3 (no transcode), never a Go+ preview.
-/// `--abort-on-error`: scdl's `--yt-dlp-args` would otherwise turn "ignore errors" back on.
-pub const YT_DLP_ARGS: &str =
-    "--abort-on-error -f ba[format_id*=mp3][format_id!*=preview]/ba[format_id!*=preview]";
+/// yt-dlp format choice: SoundCloud's own MP3 first (no transcode), then any other stream,
+/// the original upload (possibly a large WAV) last, and never a Go+ 30-second preview.
+/// `--abort-on-error` is there in case scdl forwards it; scdl 3.0.9 drops it and reports a failed
+/// track as an `ERROR:` line with exit 0, which `fetch` handles either way.
+pub const YT_DLP_ARGS: &str = "--abort-on-error -f ba[format_id*=mp3][format_id!*=preview]/ba[format_id!*=preview][format_id!=download]/ba[format_id!*=preview]";
 
 /// The scdl command line for one track, as an argument vector (never a shell string).
 pub fn scdl_args(url: &str, out_dir: &Path, client_id: Option<&str>) -> Vec<OsString> {
@@ -230,6 +231,14 @@ impl TrackFetcher for ScdlFetcher {
             return Err(classify(line, self.client_id.as_deref()));
         }
         if !finished.status.success() {
+            // A traceback's last line may still be a known failure (scdl's own client-id check
+            // raises on HTTP 429).
+            if let Some(known) = last_line(&finished.stderr)
+                .map(|l| classify(l, self.client_id.as_deref()))
+                .filter(|e| !matches!(e, FetchError::Failed(_)))
+            {
+                return Err(known);
+            }
             let code = finished
                 .status
                 .code()
@@ -298,7 +307,20 @@ fn last_line(stderr: &str) -> Option<&str> {
 
 /// Known failures in plain words; anything else is the scrubbed ERROR line itself.
 pub fn classify(line: &str, client_id: Option<&str>) -> FetchError {
-    let lower = line.to_lowercase();
+    let text = line
+        .split_once("ERROR:")
+        .map_or(line, |(_, rest)| rest)
+        .trim();
+    // `[soundcloud] {id or uploader/slug}: …`: the slug is the uploader's words, not the error.
+    let reason = text
+        .strip_prefix("[soundcloud]")
+        .map(str::trim_start)
+        .map(|rest| match rest.split_once(": ") {
+            Some((id, after)) if !id.contains(' ') => after,
+            _ => rest,
+        })
+        .unwrap_or(text);
+    let lower = reason.to_lowercase();
     let has = |needles: &[&str]| needles.iter().any(|n| lower.contains(n));
     if has(&["429", "too many requests", "rate limit"]) {
         FetchError::RateLimited
@@ -397,6 +419,22 @@ mod tests {
         for (line, expected) in cases {
             assert_eq!(classify(line, None), expected, "{line}");
         }
+        // The uploader's slug is not the error.
+        assert_eq!(
+            classify("ERROR: [soundcloud] dj/preview-429-mix: Unable to download JSON metadata: HTTP Error 404: Not Found", None),
+            FetchError::NotFound
+        );
+        assert_eq!(
+            classify("ERROR: [soundcloud] This video is not available from your location due to geo restriction", None),
+            FetchError::GeoBlocked
+        );
+        assert_eq!(
+            classify(
+                "curl_cffi.requests.exceptions.HTTPError: HTTP Error 429: Too Many Requests",
+                None
+            ),
+            FetchError::RateLimited
+        );
         assert_eq!(
             classify("ERROR: [soundcloud] 1: something odd", None),
             FetchError::Failed("[soundcloud] 1: something odd".into())

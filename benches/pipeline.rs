@@ -1,0 +1,249 @@
+//! Benchmarks with targets (run: `scripts/bench.sh`). The release Lambda binaries are driven
+//! through the Lambda Runtime API exactly as in production, with S3 = in-process s3s-fs and scdl
+//! replaced by the stub with a set delay and file size. Prints one line per scenario, with
+//! PASS/FAIL beside each target.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::bins::workspace_bin;
+use support::runtime_api::{spawn_function, RuntimeApi};
+use support::s3::S3Server;
+
+const MB: u64 = 1_000_000;
+const TRACK_BYTES: u64 = 5 * MB;
+const CONCURRENCY: usize = 4;
+const PART_BYTES: u64 = 5 * 1024 * 1024;
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "FAIL"
+    }
+}
+
+/// Peak resident set of a process (VmHWM), in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Samples the size of `dir` every 2 ms until stopped; returns the peak.
+fn watch_dir(dir: &Path) -> (Arc<AtomicBool>, std::thread::JoinHandle<u64>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(0));
+    let (d, s, p) = (dir.to_owned(), stop.clone(), peak.clone());
+    let handle = std::thread::spawn(move || {
+        while !s.load(Ordering::Relaxed) {
+            p.fetch_max(dir_bytes(&d), Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        p.load(Ordering::Relaxed)
+    });
+    (stop, handle)
+}
+
+struct Run {
+    wall: Duration,
+    peak_rss: u64,
+    peak_temp: u64,
+}
+
+async fn run_batch(s3: &S3Server, tracks: usize, delay: f64) -> Run {
+    let runtime = RuntimeApi::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut env = s3.env();
+    env.extend(support::stub::stub_env());
+    let stub = support::stub::stub_scdl();
+    let owned = [
+        ("SCDL_BIN", stub.to_str().unwrap().to_owned()),
+        ("SCDL_STUB_DELAY", delay.to_string()),
+        ("SCDL_STUB_SIZE", TRACK_BYTES.to_string()),
+        ("TMPDIR", tmp.path().to_str().unwrap().to_owned()),
+        ("DOWNLOAD_CONCURRENCY", CONCURRENCY.to_string()),
+        ("MAX_TRACKS", tracks.to_string()),
+        ("TRACK_TIMEOUT_SECONDS", "120".to_owned()),
+        ("AWS_LAMBDA_LOG_LEVEL", "warn".to_owned()),
+    ];
+    env.extend(owned.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let lambda = spawn_function(&workspace_bin("xomcloud-download-tracks"), &runtime, &refs);
+    let list: Vec<Value> = (0..tracks)
+        .map(|i| json!({"id": i.to_string(), "url": format!("https://soundcloud.com/bench/bench-{i}"), "title": format!("Track {i}"), "artist": "Bench"}))
+        .collect();
+    let event = json!({
+        "version": "2.0", "routeKey": "POST /download", "rawPath": "/download", "rawQueryString": "",
+        "headers": {"content-type": "application/json"},
+        "requestContext": {"http": {"method": "POST", "path": "/download", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "bench"},
+                           "authorizer": {"lambda": {"sub": "bench"}}, "requestId": "bench", "routeKey": "POST /download", "stage": "$default"},
+        "body": json!({"tracks": list}).to_string(), "isBase64Encoded": false
+    });
+    let (stop, watcher) = watch_dir(tmp.path());
+    let started = Instant::now();
+    let outcome = runtime
+        .invoke_with_timeout(event, Duration::from_secs(600))
+        .await;
+    let wall = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let peak_temp = watcher.join().unwrap();
+    let response = outcome.response();
+    assert_eq!(response["statusCode"], 200, "{response}");
+    let body: Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["data"]["successful"], tracks, "{body}");
+    Run {
+        wall,
+        peak_rss: peak_rss(lambda.id()),
+        peak_temp,
+    }
+}
+
+fn floor(tracks: usize, delay: f64) -> f64 {
+    tracks.div_ceil(CONCURRENCY) as f64 * delay
+}
+
+fn mb(bytes: u64) -> f64 {
+    bytes as f64 / MB as f64
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn authorizer() {
+    // Cold start: process exec → first response, through the Runtime API; median of 20.
+    let bin = workspace_bin("xomcloud-authorizer");
+    let token = xomcloud_authorizer::jwt::mint("bench-user", b"bench-secret", 3600).unwrap();
+    let event = json!({"type": "TOKEN", "authorizationToken": format!("Bearer {token}"),
+                       "methodArn": "arn:aws:execute-api:us-east-1:123456789012:abcdef123/prod/POST/download"});
+    let mut colds = Vec::new();
+    for _ in 0..20 {
+        let runtime = RuntimeApi::start().await;
+        let started = Instant::now();
+        let _lambda = spawn_function(
+            &bin,
+            &runtime,
+            &[
+                ("API_SECRET_KEY", "bench-secret"),
+                ("AWS_LAMBDA_LOG_LEVEL", "warn"),
+            ],
+        );
+        let outcome = runtime.invoke(event.clone()).await;
+        colds.push(started.elapsed());
+        assert_eq!(outcome.response()["principalId"], "bench-user");
+    }
+    colds.sort();
+    let cold = percentile(&colds, 0.5);
+
+    // Warm: the handler in-process (event parsing, secret lookup, HS256 check, policy).
+    let secrets = xomcloud_common::config::Secrets::new("/xomcloud").source(
+        xomcloud_common::config::EnvSecrets::default().with(
+            xomcloud_common::config::Secret::ApiSecretKey,
+            "bench-secret",
+        ),
+    );
+    let authorizer =
+        xomcloud_authorizer::Authorizer::new(secrets, xomcloud_authorizer::Rules::default());
+    let mut warm = Vec::with_capacity(10_000);
+    for _ in 0..10_000 {
+        let started = Instant::now();
+        let answer = authorizer.handle(event.clone()).await;
+        warm.push(started.elapsed());
+        assert!(answer.is_ok());
+    }
+    warm.sort();
+    let (p50, p99) = (percentile(&warm, 0.5), percentile(&warm, 0.99));
+    println!(
+        "authorizer: cold start {:.1} ms (median of 20) [{} ≤ 20 ms]; warm p50 {:.1} µs, p99 {:.1} µs over 10000 [{} p99 ≤ 1 ms]",
+        cold.as_secs_f64() * 1e3,
+        verdict(cold <= Duration::from_millis(20)),
+        p50.as_secs_f64() * 1e6,
+        p99.as_secs_f64() * 1e6,
+        verdict(p99 <= Duration::from_millis(1)),
+    );
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        println!("machine: {} cores; {}", std::thread::available_parallelism().map_or(0, |n| n.get()), cpu_model());
+        let s3 = S3Server::start().await;
+
+        let a = run_batch(&s3, 20, 1.0).await;
+        let ratio = a.wall.as_secs_f64() / floor(20, 1.0);
+        println!(
+            "20 tracks × 5 MB, 1 s each, concurrency 4: wall {:.2} s, floor {:.0} s, wall/floor {ratio:.3} [{} ≤ 1.05]",
+            a.wall.as_secs_f64(),
+            floor(20, 1.0),
+            verdict(ratio <= 1.05)
+        );
+
+        let b = run_batch(&s3, 200, 0.1).await;
+        let ratio = b.wall.as_secs_f64() / floor(200, 0.1);
+        let temp_limit = CONCURRENCY as u64 * TRACK_BYTES + PART_BYTES;
+        println!(
+            "200 tracks × 5 MB, 0.1 s each: wall {:.2} s, wall/floor {ratio:.3}; peak RSS {:.1} MB [{} ≤ 64 MB]; peak temp dir {:.1} MB [{} ≤ {:.1} MB]",
+            b.wall.as_secs_f64(),
+            mb(b.peak_rss),
+            verdict(b.peak_rss <= 64 * MB),
+            mb(b.peak_temp),
+            verdict(b.peak_temp <= temp_limit),
+            mb(temp_limit)
+        );
+
+        let mut rss = Vec::new();
+        for n in [5, 50, 200] {
+            rss.push((n, run_batch(&s3, n, 0.0).await.peak_rss));
+        }
+        let max = rss.iter().map(|(_, r)| *r).max().unwrap();
+        let min = rss.iter().map(|(_, r)| *r).min().unwrap();
+        // Flat: the largest batch needs at most 25% more than the smallest.
+        let flat = max as f64 <= min as f64 * 1.25;
+        let figures: Vec<String> = rss.iter().map(|(n, r)| format!("{n}: {:.1} MB", mb(*r))).collect();
+        println!(
+            "peak RSS by batch size (× 5 MB): {} [{} ≤ 64 MB] [{} flat in N: max/min {:.2} ≤ 1.25]",
+            figures.join(", "),
+            verdict(max <= 64 * MB),
+            verdict(flat),
+            max as f64 / min as f64
+        );
+
+        authorizer().await;
+    });
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into())
+}
