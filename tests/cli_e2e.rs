@@ -2,7 +2,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -93,14 +93,9 @@ fn body(tracks: &[(&str, &str)]) -> String {
 }
 
 fn zip_names(bytes: &[u8]) -> Vec<String> {
-    let mut z = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
-    (0..z.len())
-        .map(|i| {
-            let mut f = z.by_index(i).unwrap();
-            let mut sink = Vec::new();
-            f.read_to_end(&mut sink).unwrap();
-            f.name().to_owned()
-        })
+    support::zips::entries(bytes)
+        .into_iter()
+        .map(|(name, _)| name)
         .collect()
 }
 

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -115,18 +114,6 @@ fn answer(response: Value) -> (u16, Value, Value) {
 
 fn temp_is_empty(dir: &Path) -> bool {
     std::fs::read_dir(dir).unwrap().next().is_none()
-}
-
-fn zip_entries(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
-    (0..archive.len())
-        .map(|i| {
-            let mut f = archive.by_index(i).unwrap();
-            let mut data = Vec::new();
-            f.read_to_end(&mut data).unwrap();
-            (f.name().to_owned(), data)
-        })
-        .collect()
 }
 
 fn is_mp3(bytes: &[u8]) -> bool {
@@ -244,7 +231,7 @@ async fn every_failure_shape_is_reported_per_track_and_the_link_works() {
         response.headers()["content-disposition"],
         "attachment; filename=\"xomcloud-tracks.zip\""
     );
-    let entries = zip_entries(&response.bytes().await.unwrap());
+    let entries = support::zips::entries(&response.bytes().await.unwrap());
     let mut names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
     names.sort();
     assert_eq!(
@@ -292,6 +279,14 @@ async fn every_failure_shape_is_reported_per_track_and_the_link_works() {
     );
     let logs = h.lambda.logs();
     assert!(!logs.contains(CLIENT_ID), "client id in logs");
+    // JSON lines carrying the invocation's request id (the runtime's span).
+    let finished = logs
+        .lines()
+        .find(|l| l.contains("download finished"))
+        .expect("a summary line");
+    let line: Value = serde_json::from_str(finished).unwrap();
+    assert_eq!(line["level"], "INFO");
+    assert!(line.to_string().contains("requestId"), "{line}");
     // Each scdl run had its own HOME inside the request's temp dir.
     let calls = std::fs::read_to_string(&h.stub_log).unwrap();
     assert!(calls.contains(h.tmp.path().to_str().unwrap()), "{calls}");
@@ -311,7 +306,10 @@ async fn http_api_v2_base64_body_and_owner_from_the_lambda_authorizer() {
     let url = body["data"]["download_url"].as_str().unwrap();
     assert!(url.contains("/bob/"), "{url}");
     let zip = reqwest::get(url).await.unwrap().bytes().await.unwrap();
-    assert_eq!(zip_entries(&zip)[0].0, "Unknown Artist - Song.mp3");
+    assert_eq!(
+        support::zips::entries(&zip)[0].0,
+        "Unknown Artist - Song.mp3"
+    );
     assert_eq!(h.s3.objects().len(), 1);
 }
 
@@ -328,7 +326,10 @@ async fn function_url_without_authorizer_uses_the_username() {
     let url = body["data"]["download_url"].as_str().unwrap();
     assert!(url.contains("/carol/"), "{url}");
     let zip = reqwest::get(url).await.unwrap().bytes().await.unwrap();
-    assert_eq!(zip_entries(&zip)[0].0, "Unknown Artist - Track 1.mp3");
+    assert_eq!(
+        support::zips::entries(&zip)[0].0,
+        "Unknown Artist - Track 1.mp3"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -428,7 +429,7 @@ async fn a_large_batch_streams_as_several_parts() {
     let zip = reqwest::get(url).await.unwrap().bytes().await.unwrap();
     assert!(zip.len() > 12_000_000);
     // Reading every entry to the end checks its CRC.
-    let entries = zip_entries(&zip);
+    let entries = support::zips::entries(&zip);
     assert_eq!(entries.len(), 4);
     assert!(entries.iter().all(|(_, d)| d.len() == 3_000_000));
     let parts = h.lambda.logs().matches("\"part uploaded\"").count();

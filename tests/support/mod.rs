@@ -8,3 +8,4 @@ pub mod moto;
 pub mod runtime_api;
 pub mod s3;
 pub mod stub;
+pub mod zips;

@@ -1,0 +1,16 @@
+//! Reading zips the way a user's extractor would: every entry to the end (which checks its CRC).
+
+use std::io::Read;
+
+/// `(name, bytes)` of every entry, in archive order.
+pub fn entries(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(bytes)).expect("a valid zip");
+    (0..archive.len())
+        .map(|i| {
+            let mut file = archive.by_index(i).unwrap();
+            let mut data = Vec::new();
+            file.read_to_end(&mut data).unwrap();
+            (file.name().to_owned(), data)
+        })
+        .collect()
+}
