@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
-cargo build --release --workspace --bins
+cargo build --release -p xomcloud-authorizer -p xomcloud-download-tracks --bins
 cargo bench --bench pipeline

@@ -6,5 +6,5 @@ scripts/setup.sh --test
 # The end-to-end tests drive the compiled Lambda binaries (debug, and release as the images ship
 # them): build them first.
 cargo build --workspace --bins
-cargo build --release --workspace --bins
+cargo build --release -p xomcloud-authorizer -p xomcloud-download-tracks --bins
 cargo test --workspace "$@"

@@ -40,6 +40,9 @@ async fn harness(extra: &[(&str, &str)]) -> Harness {
         ("SOUNDCLOUD_CLIENT_ID", CLIENT_ID),
         ("TRACK_TIMEOUT_SECONDS", "3"),
         ("MAX_TRACKS", "12"),
+        // Nothing may reach AWS: SSM points at a closed local port.
+        ("AWS_ENDPOINT_URL_SSM", "http://127.0.0.1:9"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
     ]
     .iter()
     .chain(extra)

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use support::runtime_api::{spawn_function, LambdaProcess, RuntimeApi};
 use support::s3::S3Server;
 
-/// `target/release/<name>`, built by `scripts/test.sh` (`cargo build --release --workspace --bins`).
+/// `target/release/<name>`, built by `scripts/test.sh`.
 fn release_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let target = exe
@@ -21,7 +21,7 @@ fn release_bin(name: &str) -> PathBuf {
     let bin = target.join("release").join(name);
     assert!(
         bin.is_file(),
-        "{} is missing: run `cargo build --release --workspace --bins` (scripts/test.sh does it)",
+        "{} is missing: run `cargo build --release -p xomcloud-authorizer -p xomcloud-download-tracks --bins` (scripts/test.sh does it)",
         bin.display()
     );
     bin
@@ -42,6 +42,9 @@ fn start_as_bootstrap(
         ("LAMBDA_TASK_ROOT", "/var/task"),
         ("_HANDLER", "bootstrap"),
         ("AWS_EC2_METADATA_DISABLED", "true"),
+        // Nothing may reach AWS: SSM points at a closed local port.
+        ("AWS_ENDPOINT_URL_SSM", "http://127.0.0.1:9"),
+        ("SOUNDCLOUD_CLIENT_ID", "release-client-id"),
     ];
     all.extend_from_slice(envs);
     let process = spawn_function(&bootstrap, runtime, &all);

@@ -106,7 +106,9 @@ pub struct SsmSecrets {
     prefix: String,
     ttl: Duration,
     clock: Clock,
-    cache: Mutex<HashMap<Secret, (Instant, String)>>,
+    /// `None` remembers "no such parameter" for the TTL too, so a missing optional secret costs
+    /// one call per TTL, not one per request.
+    cache: Mutex<HashMap<Secret, (Instant, Option<String>)>>,
 }
 
 impl SsmSecrets {
@@ -129,7 +131,7 @@ impl SsmSecrets {
         }
     }
 
-    fn cached(&self, secret: Secret) -> Option<String> {
+    fn cached(&self, secret: Secret) -> Option<Option<String>> {
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         let (fetched, value) = cache.get(&secret)?;
         ((self.clock)().saturating_duration_since(*fetched) < self.ttl).then(|| value.clone())
@@ -140,7 +142,7 @@ impl SsmSecrets {
 impl SecretSource for SsmSecrets {
     async fn lookup(&self, secret: Secret) -> Result<Option<String>, ConfigError> {
         if let Some(value) = self.cached(secret) {
-            return Ok(Some(value));
+            return Ok(value);
         }
         let parameter = secret.parameter(&self.prefix);
         let result = self
@@ -157,16 +159,15 @@ impl SecretSource for SsmSecrets {
                     .as_service_error()
                     .is_some_and(|e| e.is_parameter_not_found())
                 {
-                    return Ok(None);
+                    None
+                } else {
+                    let message = aws_sdk_ssm::error::DisplayErrorContext(&err).to_string();
+                    return Err(ConfigError::Ssm { parameter, message });
                 }
-                let message = aws_sdk_ssm::error::DisplayErrorContext(&err).to_string();
-                return Err(ConfigError::Ssm { parameter, message });
             }
         };
-        if let Some(value) = &value {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            cache.insert(secret, ((self.clock)(), value.clone()));
-        }
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.insert(secret, ((self.clock)(), value.clone()));
         Ok(value)
     }
 }

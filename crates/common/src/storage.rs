@@ -66,11 +66,16 @@ pub fn content_disposition(key: &str) -> String {
     format!("attachment; filename=\"{safe}\"")
 }
 
-/// Buffers bytes into parts of at least `part_size` and uploads each as it fills, so memory
-/// holds one part whatever the object size.
+type PartTask = tokio::task::JoinHandle<(Box<dyn Upload>, Result<(), StorageError>, Bytes)>;
+
+/// Buffers bytes into parts of `part_size` and uploads each full part in the background while
+/// the next one fills: memory holds two parts whatever the object size, and the writer rarely
+/// waits for the network. Part buffers are reused.
 pub struct PartWriter {
-    upload: Box<dyn Upload>,
+    upload: Option<Box<dyn Upload>>,
+    in_flight: Option<PartTask>,
     buffer: Vec<u8>,
+    spare: Option<Vec<u8>>,
     part_size: usize,
     written: u64,
 }
@@ -78,8 +83,10 @@ pub struct PartWriter {
 impl PartWriter {
     pub fn new(upload: Box<dyn Upload>, part_size: usize) -> Self {
         Self {
-            upload,
+            upload: Some(upload),
+            in_flight: None,
             buffer: Vec::with_capacity(part_size),
+            spare: None,
             part_size,
             written: 0,
         }
@@ -96,25 +103,61 @@ impl PartWriter {
             self.buffer.extend_from_slice(&data[..take]);
             data = &data[take..];
             if self.buffer.len() == self.part_size {
-                let part = std::mem::replace(&mut self.buffer, Vec::with_capacity(self.part_size));
-                self.upload.put_part(Bytes::from(part)).await?;
+                self.send_buffer().await?;
             }
         }
+        Ok(())
+    }
+
+    /// Waits for the part in flight; its error, if any, surfaces here.
+    async fn settle(&mut self) -> Result<(), StorageError> {
+        let Some(task) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let (upload, result, sent) = task
+            .await
+            .map_err(|e| StorageError(format!("part upload task: {e}")))?;
+        self.upload = Some(upload);
+        if let Ok(buffer) = sent.try_into_mut() {
+            let mut buffer: Vec<u8> = buffer.into();
+            buffer.clear();
+            self.spare = Some(buffer);
+        }
+        result
+    }
+
+    async fn send_buffer(&mut self) -> Result<(), StorageError> {
+        self.settle().await?;
+        let next = self
+            .spare
+            .take()
+            .unwrap_or_else(|| Vec::with_capacity(self.part_size));
+        let part = Bytes::from(std::mem::replace(&mut self.buffer, next));
+        let mut upload = self.upload.take().ok_or_else(lost)?;
+        self.in_flight = Some(tokio::spawn(async move {
+            let result = upload.put_part(part.clone()).await;
+            (upload, result, part)
+        }));
         Ok(())
     }
 
     /// Uploads the last (possibly short) part and completes the object.
     pub async fn finish(mut self) -> Result<(), StorageError> {
         if !self.buffer.is_empty() || self.written == 0 {
-            let part = std::mem::take(&mut self.buffer);
-            self.upload.put_part(Bytes::from(part)).await?;
+            self.send_buffer().await?;
         }
-        self.upload.complete().await
+        self.settle().await?;
+        self.upload.take().ok_or_else(lost)?.complete().await
     }
 
-    pub async fn abort(self) -> Result<(), StorageError> {
-        self.upload.abort().await
+    pub async fn abort(mut self) -> Result<(), StorageError> {
+        let _ = self.settle().await;
+        self.upload.take().ok_or_else(lost)?.abort().await
     }
+}
+
+fn lost() -> StorageError {
+    StorageError("the upload was lost with a failed part task".into())
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -232,9 +232,11 @@ impl Pipeline {
                 joined.map_err(|e| ApiError::internal(format!("fetch task: {e}")))?;
             match result {
                 Ok(file) => {
+                    tracing::debug!(track = i, "fetched");
                     append_file(&mut zip, sink, &names[i], &file)
                         .await
                         .map_err(ApiError::internal)?;
+                    tracing::debug!(track = i, "appended");
                     progress(i, &TrackState::Done);
                 }
                 Err(reason) => {

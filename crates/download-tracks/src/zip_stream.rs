@@ -195,21 +195,27 @@ impl ZipStream {
     }
 }
 
-/// CRC-32 and length of a file, read in chunks.
+/// CRC-32 and length of a file: one blocking task reading it in chunks.
 async fn checksum(path: &Path) -> std::io::Result<(u32, u64)> {
-    let mut file = tokio::fs::File::open(path).await?;
-    let mut hasher = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
-            break;
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut file = std::fs::File::open(path)?;
+        let mut hasher = crc32fast::Hasher::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut size = 0u64;
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
         }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((hasher.finalize(), size))
+        Ok((hasher.finalize(), size))
+    })
+    .await
+    .map_err(std::io::Error::other)?
 }
 
 #[derive(Debug, thiserror::Error)]
