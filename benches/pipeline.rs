@@ -72,6 +72,44 @@ struct Run {
     wall: Duration,
     peak_rss: u64,
     peak_temp: u64,
+    /// From the function's log: request received → last part uploaded, and last part → answer
+    /// (CompleteMultipartUpload on the local S3 server, presigning).
+    to_last_part: Option<f64>,
+    completing: Option<f64>,
+}
+
+/// Seconds since midnight of a log line's RFC 3339 timestamp.
+fn log_seconds(line: &Value) -> Option<f64> {
+    let clock = line["timestamp"]
+        .as_str()?
+        .split('T')
+        .nth(1)?
+        .trim_end_matches('Z');
+    let mut parts = clock.split(':').map(|p| p.parse::<f64>().ok());
+    Some(parts.next()?? * 3600.0 + parts.next()?? * 60.0 + parts.next()??)
+}
+
+fn phases(logs: &str) -> (Option<f64>, Option<f64>) {
+    let lines: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let at = |message: &str| {
+        lines
+            .iter()
+            .filter(|l| l["message"] == message)
+            .filter_map(log_seconds)
+            .next_back()
+    };
+    let first = lines
+        .iter()
+        .find(|l| l["message"] == "download requested")
+        .and_then(log_seconds);
+    let (last_part, done) = (at("part uploaded"), at("download finished"));
+    (
+        last_part.zip(first).map(|(p, f)| p - f),
+        done.zip(last_part).map(|(d, p)| d - p),
+    )
 }
 
 async fn run_batch(s3: &S3Server, tracks: usize, delay: f64) -> Run {
@@ -94,7 +132,7 @@ async fn run_batch(s3: &S3Server, tracks: usize, delay: f64) -> Run {
         ("AWS_ENDPOINT_URL_SSM", "http://127.0.0.1:9".to_owned()),
         (
             "AWS_LAMBDA_LOG_LEVEL",
-            std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            std::env::var("BENCH_LOG").unwrap_or_else(|_| "info".to_owned()),
         ),
     ];
     env.extend(owned.iter().map(|(k, v)| (k.to_string(), v.clone())));
@@ -125,10 +163,13 @@ async fn run_batch(s3: &S3Server, tracks: usize, delay: f64) -> Run {
     if std::env::var_os("BENCH_LOG").is_some() {
         eprintln!("{}", lambda.logs());
     }
+    let (to_last_part, completing) = phases(&lambda.logs());
     Run {
         wall,
         peak_rss: peak_rss(lambda.id()),
         peak_temp,
+        to_last_part,
+        completing,
     }
 }
 
@@ -223,6 +264,12 @@ fn main() {
             floor(20, 1.0),
             verdict(ratio <= 1.05)
         );
+        if let (Some(pipeline), Some(completing)) = (a.to_last_part, a.completing) {
+            println!(
+                "  of which: request → last part uploaded {pipeline:.2} s ({:.3} × floor); last part → answer {completing:.2} s (the local S3 server assembling the object, presigning)",
+                pipeline / floor(20, 1.0)
+            );
+        }
 
         if std::env::var_os("BENCH_FIRST_ONLY").is_some() {
             return;
