@@ -23,6 +23,8 @@ pub enum FetchError {
     RateLimited,
     #[error("Only a 30-second preview is available (SoundCloud Go+ track)")]
     PreviewOnly,
+    #[error("Could not reach SoundCloud (network error); try again later")]
+    Unreachable,
     #[error("Timed out after {0} s")]
     TimedOut(u64),
     #[error("{0}")]
@@ -336,6 +338,14 @@ pub fn classify(line: &str, client_id: Option<&str>) -> FetchError {
         FetchError::PreviewOnly
     } else if has(&["404", "not found"]) {
         FetchError::NotFound
+    } else if has(&[
+        "could not resolve host",
+        "dnserror",
+        "connection refused",
+        "network is unreachable",
+        "connecterror",
+    ]) {
+        FetchError::Unreachable
     } else {
         let text = line
             .split_once("ERROR:")
@@ -434,6 +444,10 @@ mod tests {
                 None
             ),
             FetchError::RateLimited
+        );
+        assert_eq!(
+            classify("curl_cffi.requests.exceptions.DNSError: Failed to perform, curl: (6) Could not resolve host: soundcloud.com.", None),
+            FetchError::Unreachable
         );
         assert_eq!(
             classify("ERROR: [soundcloud] 1: something odd", None),
