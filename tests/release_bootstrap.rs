@@ -1,4 +1,4 @@
-//! The release binaries started the way the container images start them: copied to
+//! The release binaries started the way the container images start them: placed at
 //! `${LAMBDA_RUNTIME_DIR}/bootstrap`, run with the image's environment (`_HANDLER` from CMD),
 //! answering one real event through the Runtime API.
 
@@ -33,9 +33,13 @@ fn start_as_bootstrap(
     runtime: &RuntimeApi,
     envs: &[(&str, &str)],
 ) -> (tempfile::TempDir, LambdaProcess) {
-    let runtime_dir = tempfile::tempdir().unwrap();
+    // A hard link, not a copy: a copy's write descriptor, inherited by a child another test
+    // forks at that moment, makes exec fail with ETXTBSY ("Text file busy"). The link lives
+    // under target/, on the same file system as the release binary.
+    let runtime_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let bootstrap = runtime_dir.path().join("bootstrap");
-    std::fs::copy(release_bin(name), &bootstrap).unwrap();
+    std::fs::hard_link(release_bin(name), &bootstrap)
+        .unwrap_or_else(|e| panic!("cannot link {} as {}: {e}", name, bootstrap.display()));
     let dir = runtime_dir.path().to_str().unwrap().to_owned();
     let mut all: Vec<(&str, &str)> = vec![
         ("LAMBDA_RUNTIME_DIR", dir.as_str()),
