@@ -2,11 +2,12 @@
 //! signed links. Chosen once at start-up; the pipeline only sees the `Storage` trait.
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
+use tokio::task::JoinSet;
 
 use crate::presign::LinkSigner;
 
@@ -41,12 +42,21 @@ pub trait Storage: Send + Sync {
     async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<String, StorageError>;
 }
 
-/// One object being written in parts, in order; numbered from 1 by the implementation.
+/// One part of an object: its number (from 1) and where its bytes start in the object.
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub number: i32,
+    pub offset: u64,
+    pub data: Bytes,
+}
+
+/// One object being written in parts. Several parts may be in flight at once and finish in any
+/// order; `complete` or `abort` is called once, after every `put_part` has returned.
 #[async_trait]
-pub trait Upload: Send {
-    async fn put_part(&mut self, data: Bytes) -> Result<(), StorageError>;
-    async fn complete(self: Box<Self>) -> Result<(), StorageError>;
-    async fn abort(self: Box<Self>) -> Result<(), StorageError>;
+pub trait Upload: Send + Sync {
+    async fn put_part(&self, part: Part) -> Result<(), StorageError>;
+    async fn complete(&self) -> Result<(), StorageError>;
+    async fn abort(&self) -> Result<(), StorageError>;
 }
 
 fn content_type(key: &str) -> &'static str {
@@ -66,28 +76,34 @@ pub fn content_disposition(key: &str) -> String {
     format!("attachment; filename=\"{safe}\"")
 }
 
-type PartTask = tokio::task::JoinHandle<(Box<dyn Upload>, Result<(), StorageError>, Bytes)>;
-
-/// Buffers bytes into parts of `part_size` and uploads each full part in the background while
-/// the next one fills: memory holds two parts whatever the object size, and the writer rarely
-/// waits for the network. Part buffers are reused.
+/// Buffers bytes into parts of `part_size` and uploads each full part in the background, up to
+/// `in_flight` parts at once, while the next one fills: memory holds at most `in_flight + 1`
+/// parts whatever the object size, and the writer waits for the network only when every slot
+/// is busy. Part buffers are reused.
 pub struct PartWriter {
-    upload: Option<Box<dyn Upload>>,
-    in_flight: Option<PartTask>,
+    upload: Arc<dyn Upload>,
+    tasks: JoinSet<(Result<(), StorageError>, Bytes)>,
+    in_flight: usize,
     buffer: Vec<u8>,
-    spare: Option<Vec<u8>>,
+    spare: Vec<Vec<u8>>,
     part_size: usize,
+    next_number: i32,
+    /// Bytes handed to parts so far: the next part's offset.
+    sent: u64,
     written: u64,
 }
 
 impl PartWriter {
-    pub fn new(upload: Box<dyn Upload>, part_size: usize) -> Self {
+    pub fn new(upload: Box<dyn Upload>, part_size: usize, in_flight: usize) -> Self {
         Self {
-            upload: Some(upload),
-            in_flight: None,
+            upload: Arc::from(upload),
+            tasks: JoinSet::new(),
+            in_flight: in_flight.max(1),
             buffer: Vec::with_capacity(part_size),
-            spare: None,
+            spare: Vec::new(),
             part_size,
+            next_number: 1,
+            sent: 0,
             written: 0,
         }
     }
@@ -109,55 +125,109 @@ impl PartWriter {
         Ok(())
     }
 
-    /// Waits for the part in flight; its error, if any, surfaces here.
-    async fn settle(&mut self) -> Result<(), StorageError> {
-        let Some(task) = self.in_flight.take() else {
+    /// Appends exactly `len` bytes read from `source`, on a blocking thread, straight into the
+    /// part buffer: one read per part, no intermediate copy.
+    pub async fn write_from<R: std::io::Read + Send + 'static>(
+        &mut self,
+        source: R,
+        len: u64,
+    ) -> Result<(), StorageError> {
+        let mut source = source;
+        let mut left = len;
+        while left > 0 {
+            let take = ((self.part_size - self.buffer.len()) as u64).min(left);
+            let mut buffer = std::mem::take(&mut self.buffer);
+            let (reader, buffer, read) = tokio::task::spawn_blocking(move || {
+                use std::io::Read;
+                let mut reader = source;
+                let read = (&mut reader).take(take).read_to_end(&mut buffer);
+                (reader, buffer, read)
+            })
+            .await
+            .map_err(|e| StorageError(format!("read task: {e}")))?;
+            self.buffer = buffer;
+            let read = read? as u64;
+            self.written += read;
+            if read < take {
+                return Err(StorageError(format!(
+                    "the source ended {} bytes early",
+                    left - read
+                )));
+            }
+            left -= take;
+            source = reader;
+            if self.buffer.len() == self.part_size {
+                self.send_buffer().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for one part in flight; its error, if any, surfaces here.
+    async fn reap_one(&mut self) -> Result<(), StorageError> {
+        let Some(joined) = self.tasks.join_next().await else {
             return Ok(());
         };
-        let (upload, result, sent) = task
-            .await
-            .map_err(|e| StorageError(format!("part upload task: {e}")))?;
-        self.upload = Some(upload);
+        let (result, sent) = joined.map_err(|e| StorageError(format!("part upload task: {e}")))?;
         if let Ok(buffer) = sent.try_into_mut() {
             let mut buffer: Vec<u8> = buffer.into();
             buffer.clear();
-            self.spare = Some(buffer);
+            self.spare.push(buffer);
         }
         result
     }
 
     async fn send_buffer(&mut self) -> Result<(), StorageError> {
-        self.settle().await?;
+        while self.tasks.len() >= self.in_flight {
+            self.reap_one().await?;
+        }
         let next = self
             .spare
-            .take()
+            .pop()
             .unwrap_or_else(|| Vec::with_capacity(self.part_size));
-        let part = Bytes::from(std::mem::replace(&mut self.buffer, next));
-        let mut upload = self.upload.take().ok_or_else(lost)?;
-        self.in_flight = Some(tokio::spawn(async move {
-            let result = upload.put_part(part.clone()).await;
-            (upload, result, part)
-        }));
+        let data = Bytes::from(std::mem::replace(&mut self.buffer, next));
+        let part = Part {
+            number: self.next_number,
+            offset: self.sent,
+            data: data.clone(),
+        };
+        self.next_number += 1;
+        self.sent += data.len() as u64;
+        let upload = self.upload.clone();
+        self.tasks.spawn(async move {
+            let result = upload.put_part(part).await;
+            (result, data)
+        });
         Ok(())
     }
 
-    /// Uploads the last (possibly short) part and completes the object.
-    pub async fn finish(mut self) -> Result<(), StorageError> {
+    async fn flush(&mut self) -> Result<(), StorageError> {
         if !self.buffer.is_empty() || self.written == 0 {
             self.send_buffer().await?;
         }
-        self.settle().await?;
-        self.upload.take().ok_or_else(lost)?.complete().await
+        while !self.tasks.is_empty() {
+            self.reap_one().await?;
+        }
+        Ok(())
     }
 
+    /// Uploads the last (possibly short) part and completes the object; on any failure the
+    /// upload is aborted.
+    pub async fn finish(mut self) -> Result<(), StorageError> {
+        if let Err(err) = self.flush().await {
+            if let Err(abort) = self.abort().await {
+                tracing::warn!(error = %abort, "aborting the upload failed");
+            }
+            return Err(err);
+        }
+        self.upload.complete().await
+    }
+
+    /// Stops the parts in flight and discards the upload.
     pub async fn abort(mut self) -> Result<(), StorageError> {
-        let _ = self.settle().await;
-        self.upload.take().ok_or_else(lost)?.abort().await
+        self.tasks.shutdown().await;
+        self.upload.abort().await
     }
-}
-
-fn lost() -> StorageError {
-    StorageError("the upload was lost with a failed part task".into())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -202,7 +272,7 @@ impl Storage for S3Storage {
             bucket: self.bucket.clone(),
             key: key.to_owned(),
             upload_id,
-            parts: Vec::new(),
+            parts: Mutex::new(Vec::new()),
         }))
     }
 
@@ -226,13 +296,14 @@ struct S3Upload {
     bucket: String,
     key: String,
     upload_id: String,
-    parts: Vec<aws_sdk_s3::types::CompletedPart>,
+    /// The parts stored so far, in the order they finished.
+    parts: Mutex<Vec<aws_sdk_s3::types::CompletedPart>>,
 }
 
 #[async_trait]
 impl Upload for S3Upload {
-    async fn put_part(&mut self, data: Bytes) -> Result<(), StorageError> {
-        let number = self.parts.len() as i32 + 1;
+    async fn put_part(&self, part: Part) -> Result<(), StorageError> {
+        let Part { number, data, .. } = part;
         let bytes = data.len();
         let out = self
             .client
@@ -242,22 +313,28 @@ impl Upload for S3Upload {
             .upload_id(&self.upload_id)
             .part_number(number)
             .body(data.into())
+            // The body is covered by the CRC32 checksum header the SDK adds (signed, and
+            // checked by S3) and by TLS: hashing it again with SHA-256 for the signature only
+            // costs CPU, on a function whose CPU share is small.
+            .customize()
+            .disable_payload_signing()
             .send()
             .await
             .map_err(|e| StorageError::from_sdk("UploadPart", e))?;
         tracing::info!(part = number, bytes, "part uploaded");
-        self.parts.push(
-            aws_sdk_s3::types::CompletedPart::builder()
-                .part_number(number)
-                .set_e_tag(out.e_tag)
-                .build(),
-        );
+        let done = aws_sdk_s3::types::CompletedPart::builder()
+            .part_number(number)
+            .set_e_tag(out.e_tag)
+            .build();
+        self.parts.lock().expect("parts lock").push(done);
         Ok(())
     }
 
-    async fn complete(self: Box<Self>) -> Result<(), StorageError> {
+    async fn complete(&self) -> Result<(), StorageError> {
+        let mut parts = self.parts.lock().expect("parts lock").clone();
+        parts.sort_by_key(|p| p.part_number);
         let parts = aws_sdk_s3::types::CompletedMultipartUpload::builder()
-            .set_parts(Some(self.parts.clone()))
+            .set_parts(Some(parts))
             .build();
         let result = self
             .client
@@ -276,7 +353,7 @@ impl Upload for S3Upload {
         Ok(())
     }
 
-    async fn abort(self: Box<Self>) -> Result<(), StorageError> {
+    async fn abort(&self) -> Result<(), StorageError> {
         self.client
             .abort_multipart_upload()
             .bucket(&self.bucket)
@@ -339,9 +416,9 @@ impl Storage for LocalStorage {
             tokio::fs::create_dir_all(dir).await?;
         }
         let partial = path.with_extension("partial");
-        let file = tokio::fs::File::create(&partial).await?;
+        let file = tokio::fs::File::create(&partial).await?.into_std().await;
         Ok(Box::new(LocalUpload {
-            file,
+            file: Arc::new(file),
             partial,
             path,
         }))
@@ -357,28 +434,41 @@ impl Storage for LocalStorage {
     }
 }
 
+/// Written at each part's offset into `<key>.partial`, renamed to the key when complete.
 struct LocalUpload {
-    file: tokio::fs::File,
+    file: Arc<std::fs::File>,
     partial: PathBuf,
     path: PathBuf,
 }
 
+impl LocalUpload {
+    async fn on_file<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&std::fs::File) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let file = self.file.clone();
+        tokio::task::spawn_blocking(move || work(&file))
+            .await
+            .map_err(|e| StorageError(format!("file task: {e}")))?
+            .map_err(StorageError::from)
+    }
+}
+
 #[async_trait]
 impl Upload for LocalUpload {
-    async fn put_part(&mut self, data: Bytes) -> Result<(), StorageError> {
-        self.file.write_all(&data).await?;
-        Ok(())
+    async fn put_part(&self, part: Part) -> Result<(), StorageError> {
+        use std::os::unix::fs::FileExt;
+        self.on_file(move |f| f.write_all_at(&part.data, part.offset))
+            .await
     }
 
-    async fn complete(mut self: Box<Self>) -> Result<(), StorageError> {
-        self.file.flush().await?;
-        self.file.sync_all().await?;
+    async fn complete(&self) -> Result<(), StorageError> {
+        self.on_file(std::fs::File::sync_all).await?;
         tokio::fs::rename(&self.partial, &self.path).await?;
         Ok(())
     }
 
-    async fn abort(self: Box<Self>) -> Result<(), StorageError> {
-        drop(self.file);
+    async fn abort(&self) -> Result<(), StorageError> {
         tokio::fs::remove_file(&self.partial).await?;
         Ok(())
     }
@@ -387,21 +477,48 @@ impl Upload for LocalUpload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// Records each part (number, offset, length) and the most parts ever in flight at once;
+    /// parts take `delay` and fail from `fail_at` on.
     #[derive(Clone, Default)]
-    struct Recorder(Arc<Mutex<Vec<usize>>>);
+    struct Recorder {
+        parts: Arc<Mutex<Vec<(i32, u64, usize)>>>,
+        now: Arc<AtomicUsize>,
+        most: Arc<AtomicUsize>,
+        delay: Duration,
+        fail_at: Option<i32>,
+        ended: Arc<Mutex<Vec<&'static str>>>,
+    }
+
+    impl Recorder {
+        fn parts(&self) -> Vec<(i32, u64, usize)> {
+            let mut parts = self.parts.lock().unwrap().clone();
+            parts.sort();
+            parts
+        }
+    }
 
     #[async_trait]
     impl Upload for Recorder {
-        async fn put_part(&mut self, data: Bytes) -> Result<(), StorageError> {
-            self.0.lock().unwrap().push(data.len());
+        async fn put_part(&self, part: Part) -> Result<(), StorageError> {
+            let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(self.delay).await;
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            if self.fail_at.is_some_and(|n| part.number >= n) {
+                return Err(StorageError("part refused".into()));
+            }
+            let entry = (part.number, part.offset, part.data.len());
+            self.parts.lock().unwrap().push(entry);
             Ok(())
         }
-        async fn complete(self: Box<Self>) -> Result<(), StorageError> {
+        async fn complete(&self) -> Result<(), StorageError> {
+            self.ended.lock().unwrap().push("complete");
             Ok(())
         }
-        async fn abort(self: Box<Self>) -> Result<(), StorageError> {
+        async fn abort(&self) -> Result<(), StorageError> {
+            self.ended.lock().unwrap().push("abort");
             Ok(())
         }
     }
@@ -409,23 +526,71 @@ mod tests {
     #[tokio::test]
     async fn parts_are_full_but_the_last() {
         let rec = Recorder::default();
-        let mut w = PartWriter::new(Box::new(rec.clone()), 10);
+        let mut w = PartWriter::new(Box::new(rec.clone()), 10, 2);
         for chunk in [&[0u8; 7][..], &[0; 7], &[0; 9], &[0; 1]] {
             w.write(chunk).await.unwrap();
         }
         assert_eq!(w.written(), 24);
         w.finish().await.unwrap();
-        assert_eq!(*rec.0.lock().unwrap(), vec![10, 10, 4]);
+        assert_eq!(rec.parts(), vec![(1, 0, 10), (2, 10, 10), (3, 20, 4)]);
+        assert_eq!(*rec.ended.lock().unwrap(), ["complete"]);
+    }
+
+    #[tokio::test]
+    async fn a_reader_fills_parts_like_writes_do() {
+        let rec = Recorder::default();
+        let mut w = PartWriter::new(Box::new(rec.clone()), 10, 2);
+        w.write(&[0u8; 3]).await.unwrap();
+        let source: Vec<u8> = (0..25).collect();
+        w.write_from(std::io::Cursor::new(source), 25)
+            .await
+            .unwrap();
+        assert_eq!(w.written(), 28);
+        w.finish().await.unwrap();
+        assert_eq!(rec.parts(), vec![(1, 0, 10), (2, 10, 10), (3, 20, 8)]);
+
+        let mut w = PartWriter::new(Box::new(Recorder::default()), 10, 2);
+        let short = std::io::Cursor::new(vec![0u8; 4]);
+        let err = w.write_from(short, 12).await.unwrap_err();
+        assert_eq!(err.to_string(), "storage: the source ended 8 bytes early");
     }
 
     #[tokio::test]
     async fn an_empty_object_is_one_empty_part() {
         let rec = Recorder::default();
-        PartWriter::new(Box::new(rec.clone()), 10)
+        PartWriter::new(Box::new(rec.clone()), 10, 2)
             .finish()
             .await
             .unwrap();
-        assert_eq!(*rec.0.lock().unwrap(), vec![0]);
+        assert_eq!(rec.parts(), vec![(1, 0, 0)]);
+    }
+
+    #[tokio::test]
+    async fn parts_go_up_in_parallel_up_to_the_bound() {
+        let rec = Recorder {
+            delay: Duration::from_millis(20),
+            ..Recorder::default()
+        };
+        let mut w = PartWriter::new(Box::new(rec.clone()), 10, 3);
+        w.write(&[1u8; 95]).await.unwrap();
+        w.finish().await.unwrap();
+        assert_eq!(rec.most.load(Ordering::SeqCst), 3);
+        let parts = rec.parts();
+        assert_eq!(parts.len(), 10);
+        assert_eq!(parts[9], (10, 90, 5));
+    }
+
+    #[tokio::test]
+    async fn a_failed_part_surfaces_and_the_upload_is_aborted() {
+        let rec = Recorder {
+            fail_at: Some(2),
+            ..Recorder::default()
+        };
+        let mut w = PartWriter::new(Box::new(rec.clone()), 10, 1);
+        w.write(&[0u8; 25]).await.unwrap();
+        let err = w.finish().await.unwrap_err();
+        assert_eq!(err.to_string(), "storage: part refused");
+        assert_eq!(*rec.ended.lock().unwrap(), ["abort"]);
     }
 
     #[test]
@@ -441,12 +606,21 @@ mod tests {
     async fn local_upload_completes_and_aborts() {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStorage::new(dir.path(), "http://127.0.0.1:3000/", LinkSigner::new(b"k"));
-        let mut up = s.create_upload("me/1/x.zip").await.unwrap();
-        up.put_part(Bytes::from_static(b"abc")).await.unwrap();
+        // Parts land at their offsets whatever order they finish in.
+        let up = s.create_upload("me/1/x.zip").await.unwrap();
+        for (number, offset, data) in [(2, 3, &b"def"[..]), (1, 0, b"abc"), (3, 6, b"g")] {
+            let data = Bytes::from_static(data);
+            let part = Part {
+                number,
+                offset,
+                data,
+            };
+            up.put_part(part).await.unwrap();
+        }
         up.complete().await.unwrap();
         assert_eq!(
             std::fs::read(dir.path().join("me/1/x.zip")).unwrap(),
-            b"abc"
+            b"abcdefg"
         );
 
         let up = s.create_upload("me/2/x.zip").await.unwrap();

@@ -1,6 +1,6 @@
 //! One request's work: fetch tracks (at most `concurrency` at once), append each finished file
 //! to a zip streamed into storage as parts, delete it, and answer with a download link.
-//! Memory holds one part; temp disk holds at most `concurrency` tracks.
+//! Memory holds at most `concurrency + 1` parts; temp disk holds at most `concurrency` tracks.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -122,7 +122,9 @@ impl Pipeline {
             .create_upload(&key)
             .await
             .map_err(ApiError::internal)?;
-        let mut sink = PartWriter::new(upload, self.part_size);
+        // As many parts in flight as tracks: a batch of tracks finishing together is handed
+        // over without waiting for the network.
+        let mut sink = PartWriter::new(upload, self.part_size, self.concurrency);
         let mut tasks = JoinSet::new();
         let result = self
             .fetch_into(

@@ -120,6 +120,7 @@ async fn run(
         .spawn()
         .map_err(|e| FetchError::Failed(format!("cannot start {}: {e}", program.display())))?;
     let pid = child.id();
+    tracing::debug!(pid, "spawned");
     let mut stderr = child.stderr.take().expect("stderr is piped");
     let reader = tokio::spawn(async move {
         let mut kept = Vec::new();
@@ -142,6 +143,7 @@ async fn run(
         String::from_utf8_lossy(&kept).into_owned()
     });
     let waited = tokio::time::timeout_at(deadline, child.wait()).await;
+    tracing::debug!(pid, "exited");
     if let Some(pid) = pid {
         kill_group(pid);
     }

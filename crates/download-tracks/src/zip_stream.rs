@@ -4,7 +4,6 @@
 
 use std::path::Path;
 
-use tokio::io::AsyncReadExt;
 use xomcloud_common::storage::{PartWriter, StorageError};
 
 const LOCAL_HEADER: u32 = 0x0403_4b50;
@@ -226,7 +225,8 @@ pub enum AppendError {
     Storage(#[from] StorageError),
 }
 
-/// Appends a file as a STORED entry: one pass for the CRC, one to copy, a chunk at a time.
+/// Appends a file as a STORED entry: one pass for the CRC, then its bytes read straight into
+/// the upload's part buffer.
 pub async fn append_file(
     zip: &mut ZipStream,
     sink: &mut PartWriter,
@@ -235,24 +235,12 @@ pub async fn append_file(
 ) -> Result<(), AppendError> {
     let (crc, size) = checksum(path).await.map_err(AppendError::Read)?;
     sink.write(&zip.begin_entry(name, size, crc)).await?;
-    let mut file = tokio::fs::File::open(path)
+    let file = tokio::fs::File::open(path)
         .await
-        .map_err(AppendError::Read)?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut copied = 0u64;
-    while copied < size {
-        let want = CHUNK.min((size - copied) as usize);
-        let n = file
-            .read(&mut buf[..want])
-            .await
-            .map_err(AppendError::Read)?;
-        if n == 0 {
-            let err = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file shrank");
-            return Err(AppendError::Read(err));
-        }
-        sink.write(&buf[..n]).await?;
-        copied += n as u64;
-    }
+        .map_err(AppendError::Read)?
+        .into_std()
+        .await;
+    sink.write_from(file, size).await?;
     Ok(())
 }
 
