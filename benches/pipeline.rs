@@ -198,6 +198,81 @@ fn stub_cache() -> &'static str {
     .unwrap()
 }
 
+/// The local S3 server's own share of scenario 1, without the pipeline: the same bytes uploaded
+/// as 5 MiB parts by the storage adapter, then CompleteMultipartUpload timed alone (s3s-fs
+/// re-reads, MD5s and copies every part into one file). Median of 3, in seconds.
+async fn s3_completion_alone(s3: &S3Server, bytes: u64) -> f64 {
+    use aws_sdk_s3::config::{Credentials, Region};
+    use xomcloud_common::storage::{Part, S3Storage, Storage};
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&s3.endpoint)
+        .region(Region::new(support::s3::REGION))
+        .credentials_provider(Credentials::new(
+            support::s3::ACCESS_KEY,
+            support::s3::SECRET_KEY,
+            None,
+            None,
+            "bench",
+        ))
+        .load()
+        .await;
+    let storage = S3Storage::new(&sdk, support::s3::BUCKET, true);
+    let mut times = Vec::new();
+    for run in 0..3 {
+        let upload = storage
+            .create_upload(&format!("bench/completion-{run}.zip"))
+            .await
+            .unwrap();
+        let (mut offset, mut number) = (0, 1);
+        while offset < bytes {
+            let len = PART_BYTES.min(bytes - offset);
+            let data = bytes::Bytes::from(vec![0x5a; len as usize]);
+            upload
+                .put_part(Part {
+                    number,
+                    offset,
+                    data,
+                })
+                .await
+                .unwrap();
+            (offset, number) = (offset + len, number + 1);
+        }
+        let started = Instant::now();
+        upload.complete().await.unwrap();
+        times.push(started.elapsed());
+    }
+    times.sort();
+    percentile(&times, 0.5).as_secs_f64()
+}
+
+/// The stub's own cost per run beyond its delay: process start to exit with delay 0 on an idle
+/// machine (a lower bound: under load it is slower). Median of 10, in seconds.
+fn stub_cost_alone() -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let mut times = Vec::new();
+    for run in 0..10 {
+        let out = dir.path().join(run.to_string());
+        let started = Instant::now();
+        let status = std::process::Command::new(support::stub::stub_scdl())
+            .args([
+                "-l",
+                &format!("https://soundcloud.com/bench/bench-{run}"),
+                "--path",
+            ])
+            .arg(&out)
+            .env("HOME", dir.path())
+            .env("SCDL_STUB_SIZE", TRACK_BYTES.to_string())
+            .env("SCDL_STUB_CACHE", stub_cache())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        times.push(started.elapsed());
+        assert!(status.success());
+    }
+    times.sort();
+    percentile(&times, 0.5).as_secs_f64()
+}
+
 fn floor(tracks: usize, delay: f64) -> f64 {
     tracks.div_ceil(CONCURRENCY) as f64 * delay
 }
@@ -286,6 +361,18 @@ fn main() {
                 pipeline / floor(20, 1.0)
             );
         }
+        // What this harness costs by itself: the least wall time any pipeline could show here.
+        let rounds = 20usize.div_ceil(CONCURRENCY) as f64;
+        let (stub, completion) = (stub_cost_alone(), s3_completion_alone(&s3, 20 * TRACK_BYTES).await);
+        let harness = floor(20, 1.0) + rounds * stub + completion;
+        println!(
+            "  the harness alone: stub {:.0} ms per run × {rounds:.0} rounds + the S3 server completing {:.0} MB {completion:.2} s = {harness:.2} s ({:.3} × floor); the pipeline's own overhead above that: {:.2} s ({:.1}% of floor)",
+            stub * 1e3,
+            mb(20 * TRACK_BYTES),
+            harness / floor(20, 1.0),
+            a.wall.as_secs_f64() - harness,
+            (a.wall.as_secs_f64() - harness) / floor(20, 1.0) * 100.0
+        );
 
         if std::env::var_os("BENCH_FIRST_ONLY").is_some() {
             return;

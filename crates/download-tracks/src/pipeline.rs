@@ -16,7 +16,7 @@ use xomcloud_common::ApiError;
 use crate::naming::assign_names;
 use crate::scdl::{FetchError, TrackFetcher};
 use crate::validate::Track;
-use crate::zip_stream::{append_file, ZipStream};
+use crate::zip_stream::{append_file, AppendError, Checked, ZipStream};
 
 pub const ZIP_NAME: &str = "xomcloud-tracks.zip";
 
@@ -92,7 +92,8 @@ pub fn object_key(owner: &str, now: time::OffsetDateTime) -> String {
     format!("{owner}/{stamp}-{:08x}/{ZIP_NAME}", rand::random::<u32>())
 }
 
-type Fetched = (usize, PathBuf, Result<PathBuf, FetchError>);
+/// A track index, its temp dir, and the fetched file (checksummed) or why it failed.
+type Fetched = (usize, PathBuf, Result<std::io::Result<Checked>, FetchError>);
 
 impl Pipeline {
     pub fn new(storage: Arc<dyn Storage>, concurrency: usize, presign_expiry: Duration) -> Self {
@@ -223,7 +224,10 @@ impl Pipeline {
                     .await
                     .expect("semaphore is never closed");
                 progress(i, &TrackState::Downloading);
-                let result = fetcher.fetch(&url, &dir).await;
+                let result = match fetcher.fetch(&url, &dir).await {
+                    Ok(file) => Ok(Checked::file(file).await),
+                    Err(reason) => Err(reason),
+                };
                 ((i, dir, result), permit)
             });
         }
@@ -234,6 +238,7 @@ impl Pipeline {
                 joined.map_err(|e| ApiError::internal(format!("fetch task: {e}")))?;
             match result {
                 Ok(file) => {
+                    let file = file.map_err(|e| ApiError::internal(AppendError::Read(e)))?;
                     tracing::debug!(track = i, "fetched");
                     append_file(&mut zip, sink, &names[i], &file)
                         .await

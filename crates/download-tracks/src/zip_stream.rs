@@ -2,7 +2,7 @@
 //! size known up front (the file is on disk), so no seeking and no data descriptors are needed,
 //! and the archive can go straight into a multipart upload. ZIP64 when sizes or counts require.
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use xomcloud_common::storage::{PartWriter, StorageError};
 
@@ -194,27 +194,41 @@ impl ZipStream {
     }
 }
 
-/// CRC-32 and length of a file: one blocking task reading it in chunks.
-async fn checksum(path: &Path) -> std::io::Result<(u32, u64)> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut file = std::fs::File::open(path)?;
-        let mut hasher = crc32fast::Hasher::new();
-        let mut buf = vec![0u8; CHUNK];
-        let mut size = 0u64;
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                break;
+/// A finished file with its CRC-32 and length. Made where the file was fetched, so tracks
+/// finishing together checksum in parallel and appending them is one read each.
+#[derive(Debug)]
+pub struct Checked {
+    pub path: PathBuf,
+    pub crc: u32,
+    pub size: u64,
+}
+
+impl Checked {
+    /// One blocking task reading the file in chunks.
+    pub async fn file(path: PathBuf) -> std::io::Result<Self> {
+        tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut file = std::fs::File::open(&path)?;
+            let mut hasher = crc32fast::Hasher::new();
+            let mut buf = vec![0u8; CHUNK];
+            let mut size = 0u64;
+            loop {
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                size += n as u64;
             }
-            hasher.update(&buf[..n]);
-            size += n as u64;
-        }
-        Ok((hasher.finalize(), size))
-    })
-    .await
-    .map_err(std::io::Error::other)?
+            Ok(Self {
+                crc: hasher.finalize(),
+                size,
+                path,
+            })
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -225,16 +239,17 @@ pub enum AppendError {
     Storage(#[from] StorageError),
 }
 
-/// Appends a file as a STORED entry: one pass for the CRC, then its bytes read straight into
-/// the upload's part buffer.
+/// Appends a checked file as a STORED entry, its bytes read straight into the upload's part
+/// buffer.
 pub async fn append_file(
     zip: &mut ZipStream,
     sink: &mut PartWriter,
     name: &str,
-    path: &Path,
+    file: &Checked,
 ) -> Result<(), AppendError> {
-    let (crc, size) = checksum(path).await.map_err(AppendError::Read)?;
-    sink.write(&zip.begin_entry(name, size, crc)).await?;
+    let Checked { path, crc, size } = file;
+    let size = *size;
+    sink.write(&zip.begin_entry(name, size, *crc)).await?;
     let file = tokio::fs::File::open(path)
         .await
         .map_err(AppendError::Read)?
@@ -329,5 +344,23 @@ mod tests {
         let zip = ZipStream::new(t);
         assert_eq!(zip.dos_date, ((2026 - 1980) << 9) | (11 << 5) | 26);
         assert_eq!(zip.dos_time, (17 << 11) | (42 << 5) | 15);
+    }
+
+    #[tokio::test]
+    async fn checked_file_has_the_crc_and_length_of_all_its_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("track.mp3");
+        // Three chunks and a bit: the CRC runs across chunk boundaries.
+        let data: Vec<u8> = (0..3 * CHUNK + 17).map(|i| (i * 31 % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let checked = Checked::file(path.clone()).await.unwrap();
+        assert_eq!(checked.crc, crc32fast::hash(&data));
+        assert_eq!(checked.size, data.len() as u64);
+        assert_eq!(checked.path, path);
+
+        let missing = Checked::file(dir.path().join("gone.mp3"))
+            .await
+            .unwrap_err();
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
     }
 }
