@@ -16,7 +16,7 @@ use xomcloud_common::ApiError;
 use crate::naming::assign_names;
 use crate::scdl::{FetchError, TrackFetcher};
 use crate::validate::Track;
-use crate::zip_stream::{append_file, AppendError, Checked, ZipStream};
+use crate::zip_stream::{append_file, Checked, ZipStream};
 
 pub const ZIP_NAME: &str = "xomcloud-tracks.zip";
 
@@ -238,9 +238,9 @@ impl Pipeline {
                 joined.map_err(|e| ApiError::internal(format!("fetch task: {e}")))?;
             match result {
                 Ok(file) => {
-                    let file = file.map_err(|e| ApiError::internal(AppendError::Read(e)))?;
+                    let file = file.map_err(|e| ApiError::internal(format!("reading {e}")))?;
                     tracing::debug!(track = i, "fetched");
-                    append_file(&mut zip, sink, &names[i], &file)
+                    append_file(&mut zip, sink, &names[i], file)
                         .await
                         .map_err(ApiError::internal)?;
                     tracing::debug!(track = i, "appended");

@@ -194,11 +194,12 @@ impl ZipStream {
     }
 }
 
-/// A finished file with its CRC-32 and length. Made where the file was fetched, so tracks
-/// finishing together checksum in parallel and appending them is one read each.
+/// A finished file, open and rewound, with its CRC-32 and length. Made where the file was
+/// fetched, so tracks finishing together checksum in parallel and appending them is one read
+/// each from the same open file.
 #[derive(Debug)]
 pub struct Checked {
-    pub path: PathBuf,
+    pub file: std::fs::File,
     pub crc: u32,
     pub size: u64,
 }
@@ -207,8 +208,8 @@ impl Checked {
     /// One blocking task reading the file in chunks.
     pub async fn file(path: PathBuf) -> std::io::Result<Self> {
         tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let mut file = std::fs::File::open(&path)?;
+            use std::io::{Read, Seek};
+            let mut file = std::fs::File::open(path)?;
             let mut hasher = crc32fast::Hasher::new();
             let mut buf = vec![0u8; CHUNK];
             let mut size = 0u64;
@@ -220,23 +221,16 @@ impl Checked {
                 hasher.update(&buf[..n]);
                 size += n as u64;
             }
+            file.rewind()?;
             Ok(Self {
+                file,
                 crc: hasher.finalize(),
                 size,
-                path,
             })
         })
         .await
         .map_err(std::io::Error::other)?
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum AppendError {
-    #[error("reading {0}")]
-    Read(#[source] std::io::Error),
-    #[error(transparent)]
-    Storage(#[from] StorageError),
 }
 
 /// Appends a checked file as a STORED entry, its bytes read straight into the upload's part
@@ -245,18 +239,11 @@ pub async fn append_file(
     zip: &mut ZipStream,
     sink: &mut PartWriter,
     name: &str,
-    file: &Checked,
-) -> Result<(), AppendError> {
-    let Checked { path, crc, size } = file;
-    let size = *size;
-    sink.write(&zip.begin_entry(name, size, *crc)).await?;
-    let file = tokio::fs::File::open(path)
-        .await
-        .map_err(AppendError::Read)?
-        .into_std()
-        .await;
-    sink.write_from(file, size).await?;
-    Ok(())
+    file: Checked,
+) -> Result<(), StorageError> {
+    sink.write(&zip.begin_entry(name, file.size, file.crc))
+        .await?;
+    sink.write_from(file.file, file.size).await
 }
 
 #[cfg(test)]
@@ -353,10 +340,13 @@ mod tests {
         // Three chunks and a bit: the CRC runs across chunk boundaries.
         let data: Vec<u8> = (0..3 * CHUNK + 17).map(|i| (i * 31 % 251) as u8).collect();
         std::fs::write(&path, &data).unwrap();
-        let checked = Checked::file(path.clone()).await.unwrap();
+        let mut checked = Checked::file(path.clone()).await.unwrap();
         assert_eq!(checked.crc, crc32fast::hash(&data));
         assert_eq!(checked.size, data.len() as u64);
-        assert_eq!(checked.path, path);
+        // The file is kept open and rewound: appending reads it again from the start.
+        let mut again = Vec::new();
+        std::io::Read::read_to_end(&mut checked.file, &mut again).unwrap();
+        assert_eq!(again, data);
 
         let missing = Checked::file(dir.path().join("gone.mp3"))
             .await
