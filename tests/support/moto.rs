@@ -1,5 +1,5 @@
-//! moto (a local AWS mock, here for SSM Parameter Store) as a child process on a free port of
-//! 127.0.0.1; killed when dropped.
+//! moto (a local AWS mock, here for SSM Parameter Store, DynamoDB and SQS) as a child process on
+//! a free port of 127.0.0.1; killed when dropped.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -117,6 +117,32 @@ impl Moto {
             ))
             .build();
         aws_sdk_ssm::Client::from_conf(config)
+    }
+
+    /// A DynamoDB client talking to this moto with static test credentials.
+    pub async fn dynamodb_client(&self) -> aws_sdk_dynamodb::Client {
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .endpoint_url(self.endpoint())
+            .region(aws_sdk_dynamodb::config::Region::new(REGION))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                ACCESS_KEY, SECRET_KEY, None, None, "test",
+            ))
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(config)
+    }
+
+    /// An SQS client talking to this moto with static test credentials.
+    pub async fn sqs_client(&self) -> aws_sdk_sqs::Client {
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .endpoint_url(self.endpoint())
+            .region(aws_sdk_sqs::config::Region::new(REGION))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                ACCESS_KEY, SECRET_KEY, None, None, "test",
+            ))
+            .build();
+        aws_sdk_sqs::Client::from_conf(config)
     }
 
     /// PutParameter `name` = `value` as a SecureString (overwriting).

@@ -1,0 +1,714 @@
+//! `JobStore` on DynamoDB, one table keyed `pk` (S) + `sk` (S):
+//!
+//! | item  | pk                  | sk             | attributes |
+//! |-------|---------------------|----------------|------------|
+//! | job   | `job#{id}`          | `job`          | id, owner, status, created_at, updated_at, expires_at, error?, zip_key?, total |
+//! | track | `job#{id}`          | `track#{i:05}` | the `TrackRecord` fields, expires_at |
+//! | claim | `idem#{sha256 hex}` | `idem`         | job_id, expires_at |
+//!
+//! A job is split into one item per track because a 200-track job (2 KiB URLs) is larger than
+//! DynamoDB's 400 KB item limit. Every item carries `expires_at`, the table's TTL attribute.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
+    ScalarAttributeType, TimeToLiveSpecification, WriteRequest,
+};
+use aws_sdk_dynamodb::Client;
+use serde::{Deserialize, Serialize};
+
+use super::{check_transition, Created, JobStore, StoreError};
+use crate::model::{is_job_id, unix_now, Job, JobStatus, Outcome, TrackRecord, TrackUpdate};
+
+type Item = HashMap<String, AttributeValue>;
+
+const JOB_SK: &str = "job";
+const IDEM_SK: &str = "idem";
+const TRACK_SK_PREFIX: &str = "track#";
+/// The sort key's `{index:05}` keeps tracks in order up to this many.
+const MAX_TRACKS: usize = 100_000;
+/// BatchWriteItem's limit.
+const BATCH_SIZE: usize = 25;
+/// Rounds of resending UnprocessedItems (throttling) before giving up.
+const BATCH_ATTEMPTS: u32 = 8;
+
+#[derive(Clone, Debug)]
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    page_size: Option<i32>,
+}
+
+impl DynamoStore {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self {
+            client,
+            table: table.into(),
+            page_size: None,
+        }
+    }
+
+    /// A store on a client built from the shared SDK configuration (region, credentials,
+    /// `AWS_ENDPOINT_URL_DYNAMODB`).
+    pub fn from_sdk(sdk: &aws_config::SdkConfig, table: impl Into<String>) -> Self {
+        Self::new(Client::new(sdk), table)
+    }
+
+    /// Caps the items per `Query` page of `get` (tests use it to cross page boundaries without
+    /// a megabyte of data; DynamoDB's own 1 MB page limit applies either way).
+    pub fn with_query_page_size(mut self, items: i32) -> Self {
+        self.page_size = Some(items);
+        self
+    }
+
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// Claims `key` for `job` with one conditional put.
+    async fn claim(&self, job: &Job, key: &str) -> Result<Claim, StoreError> {
+        let pk = idem_pk(&job.owner, key);
+        let item = to_item(&IdemItem {
+            pk: pk.clone(),
+            sk: IDEM_SK.into(),
+            job_id: job.id.clone(),
+            expires_at: job.expires_at,
+        })?;
+        // A claim can be lost to TTL deletion between the failed put and the read: try again.
+        for _ in 0..3 {
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(item.clone()))
+                // TTL deletes expired items lazily (within days): an expired claim is free.
+                .condition_expression("attribute_not_exists(pk) OR expires_at < :now")
+                .expression_attribute_values(":now", number(job.created_at))
+                .send()
+                .await;
+            match put {
+                Ok(_) => return Ok(Claim::Ours { pk }),
+                Err(e) if !is_conditional_failure_put(&e) => {
+                    return Err(sdk_error("PutItem (idempotency claim)", e))
+                }
+                Err(_) => {}
+            }
+            let held = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(key_of(&pk, IDEM_SK)))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| sdk_error("GetItem (idempotency claim)", e))?;
+            if let Some(item) = held.item {
+                let held: IdemItem = from_item(item)?;
+                if held.expires_at >= job.created_at {
+                    return Ok(Claim::Held {
+                        job_id: held.job_id,
+                    });
+                }
+            }
+        }
+        Err(StoreError(format!(
+            "the idempotency claim of {} kept changing",
+            job.owner
+        )))
+    }
+
+    /// Drops our claim after a failed create, so a retry with the same key can succeed.
+    async fn release(&self, pk: &str, job_id: &str) {
+        let released = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(pk, IDEM_SK)))
+            .condition_expression("job_id = :id")
+            .expression_attribute_values(":id", AttributeValue::S(job_id.into()))
+            .send()
+            .await;
+        if let Err(e) = released {
+            tracing::warn!(job_id, error = %DisplayErrorContext(&e), "cannot release an idempotency claim");
+        }
+    }
+
+    /// The tracks first, the job item last: a job is visible only once all of it is stored.
+    async fn write_job(&self, job: &Job) -> Result<(), StoreError> {
+        let pk = job_pk(&job.id);
+        let mut requests = Vec::with_capacity(job.tracks.len());
+        for (index, track) in job.tracks.iter().enumerate() {
+            let item = to_item(&TrackItem {
+                pk: pk.clone(),
+                sk: track_sk(index),
+                expires_at: job.expires_at,
+                record: track.clone(),
+            })?;
+            let put = PutRequest::builder()
+                .set_item(Some(item))
+                .build()
+                .map_err(|e| StoreError(format!("PutRequest: {e}")))?;
+            requests.push(WriteRequest::builder().put_request(put).build());
+        }
+        let mut batches = Vec::new();
+        while !requests.is_empty() {
+            let rest = requests.split_off(requests.len().min(BATCH_SIZE));
+            batches.push(self.write_batch(std::mem::replace(&mut requests, rest)));
+        }
+        futures::future::try_join_all(batches).await?;
+
+        let item = to_item(&JobItem::from_job(job))?;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await
+            .map_err(|e| {
+                if is_conditional_failure_put(&e) {
+                    StoreError(format!("job {} already exists", job.id))
+                } else {
+                    sdk_error("PutItem (job)", e)
+                }
+            })?;
+        Ok(())
+    }
+
+    /// One BatchWriteItem, resending what DynamoDB leaves unprocessed with a growing pause.
+    async fn write_batch(&self, mut requests: Vec<WriteRequest>) -> Result<(), StoreError> {
+        let mut pause = Duration::from_millis(25);
+        for attempt in 1..=BATCH_ATTEMPTS {
+            let out = self
+                .client
+                .batch_write_item()
+                .request_items(&self.table, requests)
+                .send()
+                .await
+                .map_err(|e| sdk_error("BatchWriteItem", e))?;
+            requests = out
+                .unprocessed_items
+                .and_then(|mut left| left.remove(&self.table))
+                .unwrap_or_default();
+            if requests.is_empty() {
+                return Ok(());
+            }
+            if attempt < BATCH_ATTEMPTS {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
+        Err(StoreError(format!(
+            "BatchWriteItem left {} items unprocessed",
+            requests.len()
+        )))
+    }
+
+    async fn touch(&self, id: &str, now: u64) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(&job_pk(id), JOB_SK)))
+            .update_expression("SET #u = :now")
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#u", "updated_at")
+            .expression_attribute_values(":now", number(now))
+            .send()
+            .await
+            .map_err(|e| {
+                if is_conditional_failure_update(&e) {
+                    StoreError(format!("no job {id}"))
+                } else {
+                    sdk_error("UpdateItem (job time)", e)
+                }
+            })?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl JobStore for DynamoStore {
+    async fn create(
+        &self,
+        job: &Job,
+        idempotency_key: Option<&str>,
+    ) -> Result<Created, StoreError> {
+        // The id is part of every key: only our own ids may shape them.
+        if !is_job_id(&job.id) {
+            return Err(StoreError(format!("{:?} is not a job id", job.id)));
+        }
+        if job.tracks.len() > MAX_TRACKS {
+            return Err(StoreError(format!(
+                "{} tracks is too many",
+                job.tracks.len()
+            )));
+        }
+        let claim = match idempotency_key {
+            Some(key) => match self.claim(job, key).await? {
+                Claim::Ours { pk } => Some(pk),
+                Claim::Held { job_id } => return Ok(Created::Existing(job_id)),
+            },
+            None => None,
+        };
+        match self.write_job(job).await {
+            Ok(()) => Ok(Created::New),
+            Err(e) => {
+                // Track items already written expire with the TTL; only the claim needs undoing.
+                if let Some(pk) = claim {
+                    self.release(&pk, &job.id).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let mut job: Option<JobItem> = None;
+        let mut tracks: Vec<(usize, TrackRecord)> = Vec::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", AttributeValue::S(job_pk(id)))
+                .consistent_read(true)
+                .set_limit(self.page_size)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| sdk_error("Query (job)", e))?;
+            for item in page.items.unwrap_or_default() {
+                let sk = item.get("sk").and_then(|v| v.as_s().ok()).cloned();
+                match sk.as_deref() {
+                    Some(JOB_SK) => job = Some(from_item(item)?),
+                    Some(sk) if sk.starts_with(TRACK_SK_PREFIX) => {
+                        let index = sk[TRACK_SK_PREFIX.len()..]
+                            .parse::<usize>()
+                            .map_err(|_| StoreError(format!("bad track key {sk:?}")))?;
+                        let track: TrackItem = from_item(item)?;
+                        tracks.push((index, track.record));
+                    }
+                    other => {
+                        return Err(StoreError(format!("unexpected item {other:?} in job {id}")))
+                    }
+                }
+            }
+            match page.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        let Some(job) = job else {
+            return Ok(None);
+        };
+        // The query returns items in sort-key order; sorting again costs nothing and states it.
+        tracks.sort_by_key(|(index, _)| *index);
+        let complete = tracks.len() == job.total
+            && tracks.iter().enumerate().all(|(i, (index, _))| i == *index);
+        if !complete {
+            // TTL deletes a job's items one by one: an expired job may be half gone.
+            if job.expires_at < unix_now() {
+                return Ok(None);
+            }
+            return Err(StoreError(format!(
+                "job {id} has {} of its {} tracks",
+                tracks.len(),
+                job.total
+            )));
+        }
+        Ok(Some(
+            job.into_job(tracks.into_iter().map(|(_, t)| t).collect()),
+        ))
+    }
+
+    async fn status(&self, id: &str) -> Result<Option<JobStatus>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(&job_pk(id), JOB_SK)))
+            .consistent_read(true)
+            .projection_expression("#s")
+            .expression_attribute_names("#s", "status")
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetItem (status)", e))?;
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        let status = item
+            .get("status")
+            .and_then(|v| v.as_s().ok())
+            .ok_or_else(|| StoreError(format!("job {id} has no status")))?;
+        JobStatus::parse(status)
+            .map(Some)
+            .ok_or_else(|| StoreError(format!("job {id} has an unknown status {status:?}")))
+    }
+
+    async fn transition(
+        &self,
+        id: &str,
+        from: &[JobStatus],
+        to: JobStatus,
+        outcome: &Outcome,
+    ) -> Result<bool, StoreError> {
+        check_transition(from, to)?;
+        if from.is_empty() {
+            return Ok(false);
+        }
+        let mut set = vec!["#s = :to", "#u = :now"];
+        let mut update = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(&job_pk(id), JOB_SK)))
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_names("#u", "updated_at")
+            .expression_attribute_values(":to", AttributeValue::S(to.as_str().into()))
+            .expression_attribute_values(":now", number(unix_now()));
+        if let Some(error) = &outcome.error {
+            set.push("#e = :error");
+            update = update
+                .expression_attribute_names("#e", "error")
+                .expression_attribute_values(":error", AttributeValue::S(error.clone()));
+        }
+        if let Some(zip_key) = &outcome.zip_key {
+            set.push("#z = :zip");
+            update = update
+                .expression_attribute_names("#z", "zip_key")
+                .expression_attribute_values(":zip", AttributeValue::S(zip_key.clone()));
+        }
+        let mut sources = Vec::with_capacity(from.len());
+        for (i, status) in from.iter().enumerate() {
+            sources.push(format!(":f{i}"));
+            update = update.expression_attribute_values(
+                format!(":f{i}"),
+                AttributeValue::S(status.as_str().into()),
+            );
+        }
+        let result = update
+            .update_expression(format!("SET {}", set.join(", ")))
+            // A missing item has no status, so a vanished job fails the condition too.
+            .condition_expression(format!("#s IN ({})", sources.join(", ")))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure_update(&e) => Ok(false),
+            Err(e) => Err(sdk_error("UpdateItem (transition)", e)),
+        }
+    }
+
+    async fn update_track(
+        &self,
+        id: &str,
+        index: usize,
+        update: &TrackUpdate,
+    ) -> Result<(), StoreError> {
+        let mut set = vec![
+            "#state = :state".to_owned(),
+            "#attempts = :attempts".to_owned(),
+        ];
+        let mut remove = Vec::new();
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(&job_pk(id), &track_sk(index))))
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_names("#attempts", "attempts")
+            .expression_attribute_values(":state", AttributeValue::S(update.state.as_str().into()))
+            .expression_attribute_values(":attempts", number(update.attempts));
+        let optional = [
+            ("error", update.error.clone().map(AttributeValue::S)),
+            ("size", update.size.map(number)),
+            ("crc32", update.crc32.map(number)),
+        ];
+        for (name, value) in optional {
+            request = request.expression_attribute_names(format!("#{name}"), name);
+            match value {
+                Some(value) => {
+                    set.push(format!("#{name} = :{name}"));
+                    request = request.expression_attribute_values(format!(":{name}"), value);
+                }
+                None => remove.push(format!("#{name}")),
+            }
+        }
+        let mut expression = format!("SET {}", set.join(", "));
+        if !remove.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
+        let track = async {
+            request
+                .update_expression(expression)
+                // Without it an unknown index would create a stray track item.
+                .condition_expression("attribute_exists(pk)")
+                .send()
+                .await
+                .map_err(|e| {
+                    if is_conditional_failure_update(&e) {
+                        StoreError(format!("job {id} has no track {index}"))
+                    } else {
+                        sdk_error("UpdateItem (track)", e)
+                    }
+                })
+        };
+        // Two items, two writes at once: a transaction would make the runner's parallel track
+        // updates conflict on the job item.
+        tokio::try_join!(track, self.touch(id, unix_now()))?;
+        Ok(())
+    }
+}
+
+/// Creates the jobs table (PAY_PER_REQUEST, `pk`/`sk`, TTL on `expires_at`) and waits until it
+/// is active. For tests and local setups: production tables come from the infrastructure code.
+pub async fn create_table(client: &Client, table: &str) -> Result<(), StoreError> {
+    use aws_sdk_dynamodb::client::Waiters;
+
+    let key = |name: &str, kind: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .map_err(|e| StoreError(format!("KeySchemaElement: {e}")))
+    };
+    let string = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(|e| StoreError(format!("AttributeDefinition: {e}")))
+    };
+    client
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .key_schema(key("pk", KeyType::Hash)?)
+        .key_schema(key("sk", KeyType::Range)?)
+        .attribute_definitions(string("pk")?)
+        .attribute_definitions(string("sk")?)
+        .send()
+        .await
+        .map_err(|e| sdk_error("CreateTable", e))?;
+    client
+        .wait_until_table_exists()
+        .table_name(table)
+        .wait(Duration::from_secs(60))
+        .await
+        .map_err(|e| StoreError(format!("table {table} did not become active: {e}")))?;
+    let ttl = TimeToLiveSpecification::builder()
+        .enabled(true)
+        .attribute_name("expires_at")
+        .build()
+        .map_err(|e| StoreError(format!("TimeToLiveSpecification: {e}")))?;
+    client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(ttl)
+        .send()
+        .await
+        .map_err(|e| sdk_error("UpdateTimeToLive", e))?;
+    Ok(())
+}
+
+enum Claim {
+    /// The key is ours now, under this partition key.
+    Ours { pk: String },
+    /// Another job holds it.
+    Held { job_id: String },
+}
+
+#[derive(Serialize, Deserialize)]
+struct JobItem {
+    pk: String,
+    sk: String,
+    id: String,
+    owner: String,
+    status: JobStatus,
+    created_at: u64,
+    updated_at: u64,
+    expires_at: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    zip_key: Option<String>,
+    /// How many track items belong to the job (a read can tell a whole job from a partial one).
+    total: usize,
+}
+
+impl JobItem {
+    fn from_job(job: &Job) -> Self {
+        Self {
+            pk: job_pk(&job.id),
+            sk: JOB_SK.into(),
+            id: job.id.clone(),
+            owner: job.owner.clone(),
+            status: job.status,
+            created_at: job.created_at,
+            updated_at: job.updated_at,
+            expires_at: job.expires_at,
+            error: job.error.clone(),
+            zip_key: job.zip_key.clone(),
+            total: job.tracks.len(),
+        }
+    }
+
+    fn into_job(self, tracks: Vec<TrackRecord>) -> Job {
+        Job {
+            id: self.id,
+            owner: self.owner,
+            status: self.status,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            expires_at: self.expires_at,
+            error: self.error,
+            zip_key: self.zip_key,
+            tracks,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct TrackItem {
+    pk: String,
+    sk: String,
+    expires_at: u64,
+    #[serde(flatten)]
+    record: TrackRecord,
+}
+
+#[derive(Serialize, Deserialize)]
+struct IdemItem {
+    pk: String,
+    sk: String,
+    job_id: String,
+    expires_at: u64,
+}
+
+fn job_pk(id: &str) -> String {
+    format!("job#{id}")
+}
+
+fn track_sk(index: usize) -> String {
+    format!("{TRACK_SK_PREFIX}{index:05}")
+}
+
+/// The key is the client's; hashing bounds its length and keeps its text out of the table.
+fn idem_pk(owner: &str, key: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        format!("{owner}\n{key}").as_bytes(),
+    );
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format!("idem#{hex}")
+}
+
+fn key_of(pk: &str, sk: &str) -> Item {
+    HashMap::from([
+        ("pk".to_owned(), AttributeValue::S(pk.to_owned())),
+        ("sk".to_owned(), AttributeValue::S(sk.to_owned())),
+    ])
+}
+
+fn number(n: impl Into<u64>) -> AttributeValue {
+    AttributeValue::N(n.into().to_string())
+}
+
+fn to_item<T: Serialize>(value: &T) -> Result<Item, StoreError> {
+    serde_dynamo::to_item(value).map_err(|e| StoreError(format!("cannot encode an item: {e}")))
+}
+
+fn from_item<T: for<'de> Deserialize<'de>>(item: Item) -> Result<T, StoreError> {
+    serde_dynamo::from_item(item).map_err(|e| StoreError(format!("cannot decode an item: {e}")))
+}
+
+fn is_conditional_failure_put<R>(
+    e: &SdkError<aws_sdk_dynamodb::operation::put_item::PutItemError, R>,
+) -> bool {
+    e.as_service_error()
+        .is_some_and(|e| e.is_conditional_check_failed_exception())
+}
+
+fn is_conditional_failure_update<R>(
+    e: &SdkError<aws_sdk_dynamodb::operation::update_item::UpdateItemError, R>,
+) -> bool {
+    e.as_service_error()
+        .is_some_and(|e| e.is_conditional_check_failed_exception())
+}
+
+fn sdk_error<E, R>(what: &str, e: SdkError<E, R>) -> StoreError
+where
+    E: std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    StoreError(format!("{what}: {}", DisplayErrorContext(&e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{TrackSpec, TrackState};
+
+    #[test]
+    fn keys_have_the_documented_shape() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(job_pk(id), format!("job#{id}"));
+        assert_eq!(track_sk(7), "track#00007");
+        assert_eq!(track_sk(199), "track#00199");
+        // Sort keys order like the indices, and the job item sorts before its tracks.
+        assert!(track_sk(9) < track_sk(10) && JOB_SK < track_sk(0).as_str());
+    }
+
+    #[test]
+    fn idempotency_keys_are_per_owner_and_bounded() {
+        let a = idem_pk("alice", "k");
+        assert_eq!(a.len(), "idem#".len() + 64);
+        assert_eq!(a, idem_pk("alice", "k"));
+        assert_ne!(a, idem_pk("bob", "k"));
+        // The separator keeps ("ab", "c") and ("a", "bc") apart.
+        assert_ne!(idem_pk("ab", "c"), idem_pk("a", "bc"));
+        assert_eq!(idem_pk("alice", &"x".repeat(10_000)).len(), a.len());
+    }
+
+    #[test]
+    fn a_track_item_round_trips_through_attribute_values() {
+        let record = TrackRecord {
+            spec: TrackSpec {
+                id: "42".into(),
+                url: "https://soundcloud.com/a/b".into(),
+                title: "Ti\"tle".into(),
+                artist: "Ar".into(),
+            },
+            state: TrackState::Done,
+            error: None,
+            size: Some(u64::MAX),
+            crc32: Some(0xdead_beef),
+            attempts: 2,
+        };
+        let item = to_item(&TrackItem {
+            pk: job_pk("x"),
+            sk: track_sk(3),
+            expires_at: 99,
+            record: record.clone(),
+        })
+        .unwrap();
+        assert_eq!(item.get("state"), Some(&AttributeValue::S("done".into())));
+        assert_eq!(
+            item.get("crc32"),
+            Some(&AttributeValue::N("3735928559".into()))
+        );
+        assert!(
+            !item.contains_key("error"),
+            "None is left out, not stored as NULL"
+        );
+        let back: TrackItem = from_item(item).unwrap();
+        assert_eq!(back.record, record);
+        assert_eq!(back.expires_at, 99);
+    }
+}

@@ -1,0 +1,82 @@
+//! The `JobStore` port: where jobs live (DynamoDB on AWS, SQLite for `xomcloud serve`).
+
+use async_trait::async_trait;
+
+use crate::model::{Job, JobStatus, Outcome, TrackUpdate};
+
+pub mod dynamodb;
+pub mod sqlite;
+
+pub use dynamodb::DynamoStore;
+pub use sqlite::SqliteStore;
+
+#[derive(Debug, thiserror::Error)]
+#[error("job store: {0}")]
+pub struct StoreError(pub String);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Created {
+    New,
+    /// The job id that the idempotency key already names.
+    Existing(String),
+}
+
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Stores a new job. With `idempotency_key`: when (job.owner, key) already names a job, stores
+    /// nothing and returns `Existing(id)` (a claim with one conditional write; a racing second
+    /// create also gets Existing). A key whose job has expired is free again.
+    async fn create(&self, job: &Job, idempotency_key: Option<&str>)
+        -> Result<Created, StoreError>;
+
+    async fn get(&self, id: &str) -> Result<Option<Job>, StoreError>;
+
+    /// The status alone (cheap; the runner polls it about once a second to see a cancellation).
+    async fn status(&self, id: &str) -> Result<Option<JobStatus>, StoreError>;
+
+    /// Conditional: sets `to` (+ outcome fields, updated_at = now) only when the current status is
+    /// one of `from`; Ok(false) when it was not (or the job is gone). A `from` that `can_become`
+    /// does not allow to reach `to` is an error.
+    async fn transition(
+        &self,
+        id: &str,
+        from: &[JobStatus],
+        to: JobStatus,
+        outcome: &Outcome,
+    ) -> Result<bool, StoreError>;
+
+    /// Writes track `index`'s state (and updated_at); every field of the update is written, so a
+    /// `None` clears it. An unknown job or index is an error.
+    async fn update_track(
+        &self,
+        id: &str,
+        index: usize,
+        update: &TrackUpdate,
+    ) -> Result<(), StoreError>;
+}
+
+/// Refuses a transition the model forbids, so no adapter can persist one.
+pub(crate) fn check_transition(from: &[JobStatus], to: JobStatus) -> Result<(), StoreError> {
+    match from.iter().find(|f| !f.can_become(to)) {
+        Some(bad) => Err(StoreError(format!("forbidden transition {bad} -> {to}"))),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forbidden_sources_are_refused() {
+        use JobStatus::*;
+        assert!(check_transition(&[Queued, Running], Cancelled).is_ok());
+        assert!(check_transition(&[], Done).is_ok());
+        let err = check_transition(&[Running, Done], Cancelled).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "job store: forbidden transition done -> cancelled"
+        );
+        assert!(check_transition(&[Queued], Done).is_err());
+    }
+}

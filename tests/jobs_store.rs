@@ -1,0 +1,439 @@
+//! The job store contract, run alike against DynamoStore (moto's DynamoDB) and SqliteStore, and
+//! the SQS queue against moto's SQS.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use support::moto::Moto;
+use xomcloud_jobs::model::unix_now;
+use xomcloud_jobs::store::dynamodb::create_table;
+use xomcloud_jobs::{
+    new_job_id, parse_message, Created, DynamoStore, Job, JobMessage, JobQueue, JobStatus,
+    JobStore, Outcome, SqliteStore, SqsQueue, TrackSpec, TrackState, TrackUpdate,
+};
+
+const TABLE: &str = "xomcloud-jobs";
+const TTL: u64 = 86_400;
+
+fn spec(i: usize) -> TrackSpec {
+    TrackSpec {
+        id: (100_000 + i).to_string(),
+        url: format!("https://soundcloud.com/artist/track-{i}"),
+        title: format!("Track {i}"),
+        artist: "Artist".into(),
+    }
+}
+
+fn job_of(owner: &str, specs: Vec<TrackSpec>) -> Job {
+    Job::new(new_job_id(), owner.into(), specs, unix_now(), TTL)
+}
+
+/// The largest job the API admits: 200 tracks, 2048-char URLs, 300-char titles and artists
+/// (multi-byte, so 600 bytes each).
+fn largest_job(owner: &str) -> Job {
+    let specs = (0..200)
+        .map(|i| {
+            let prefix = format!("https://soundcloud.com/artist/track-{i:03}-");
+            TrackSpec {
+                id: (9_000_000 + i).to_string(),
+                url: format!("{prefix}{}", "x".repeat(2048 - prefix.len())),
+                title: format!("{i:03}{}", "é".repeat(297)),
+                artist: format!("{i:03}{}", "ß".repeat(297)),
+            }
+        })
+        .collect::<Vec<_>>();
+    assert!(specs
+        .iter()
+        .all(|s| s.url.len() == 2048 && s.title.chars().count() == 300));
+    job_of(owner, specs)
+}
+
+fn update(state: TrackState, attempts: u32) -> TrackUpdate {
+    TrackUpdate {
+        state,
+        error: None,
+        size: None,
+        crc32: None,
+        attempts,
+    }
+}
+
+/// What every `JobStore` must do.
+async fn contract(store: &dyn JobStore) {
+    use JobStatus::*;
+
+    // A job round-trips; unknown ids are None.
+    let small = job_of("alice", (0..3).map(spec).collect());
+    assert_eq!(store.create(&small, None).await.unwrap(), Created::New);
+    assert_eq!(store.get(&small.id).await.unwrap(), Some(small.clone()));
+    assert_eq!(store.status(&small.id).await.unwrap(), Some(Queued));
+    let unknown = new_job_id();
+    assert_eq!(store.get(&unknown).await.unwrap(), None);
+    assert_eq!(store.status(&unknown).await.unwrap(), None);
+
+    // The largest job fits and comes back whole, in order.
+    let large = largest_job("alice");
+    let started = Instant::now();
+    assert_eq!(store.create(&large, None).await.unwrap(), Created::New);
+    let create_time = started.elapsed();
+    let started = Instant::now();
+    let read = store.get(&large.id).await.unwrap();
+    let get_time = started.elapsed();
+    assert!(
+        read == Some(large.clone()),
+        "the 200-track job did not round-trip"
+    );
+    eprintln!("200-track job: create {create_time:?}, get {get_time:?}");
+
+    // The same owner and key name one job; another owner's key is its own.
+    let first = job_of("alice", vec![spec(1)]);
+    let retry = job_of("alice", vec![spec(1)]);
+    assert_eq!(
+        store.create(&first, Some("key-1")).await.unwrap(),
+        Created::New
+    );
+    assert_eq!(
+        store.create(&retry, Some("key-1")).await.unwrap(),
+        Created::Existing(first.id.clone())
+    );
+    assert_eq!(
+        store.get(&retry.id).await.unwrap(),
+        None,
+        "a repeat stores nothing"
+    );
+    let bob = job_of("bob", vec![spec(1)]);
+    assert_eq!(
+        store.create(&bob, Some("key-1")).await.unwrap(),
+        Created::New
+    );
+
+    // A key whose job has expired is free again.
+    let now = unix_now();
+    let expired = Job::new(new_job_id(), "carol".into(), vec![spec(1)], now - 100, 10);
+    assert_eq!(
+        store.create(&expired, Some("k")).await.unwrap(),
+        Created::New
+    );
+    let fresh = job_of("carol", vec![spec(1)]);
+    assert_eq!(store.create(&fresh, Some("k")).await.unwrap(), Created::New);
+
+    // Twenty racing creates with one key: exactly one job, every caller told its id.
+    let racers: Vec<Job> = (0..20).map(|_| job_of("dave", vec![spec(7)])).collect();
+    let results = futures::future::join_all(racers.iter().map(|j| store.create(j, Some("race"))))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let winners: Vec<&Job> = racers
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| **r == Created::New)
+        .map(|(j, _)| j)
+        .collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    let winner = winners[0].id.clone();
+    let ids: Vec<&str> = racers
+        .iter()
+        .zip(&results)
+        .map(|(j, r)| match r {
+            Created::New => j.id.as_str(),
+            Created::Existing(id) => id.as_str(),
+        })
+        .collect();
+    assert!(ids.iter().all(|id| *id == winner), "{ids:?}");
+    assert_eq!(store.get(&winner).await.unwrap().as_ref(), Some(winners[0]));
+    let stored_racers = futures::future::join_all(racers.iter().map(|j| store.status(&j.id))).await;
+    assert_eq!(
+        stored_racers
+            .iter()
+            .filter(|s| matches!(s, Ok(Some(_))))
+            .count(),
+        1,
+        "only the winner is stored"
+    );
+
+    // Transitions are conditional on the current status.
+    let none = Outcome::default();
+    let id = &small.id;
+    assert!(!store.transition(id, &[Running], Done, &none).await.unwrap());
+    assert!(store
+        .transition(id, &[Queued], Running, &none)
+        .await
+        .unwrap());
+    assert!(!store
+        .transition(id, &[Queued], Running, &none)
+        .await
+        .unwrap());
+    assert!(
+        store
+            .transition(id, &[Running], Running, &none)
+            .await
+            .unwrap(),
+        "a resumed run"
+    );
+    assert!(
+        store
+            .transition(id, &[Running], Queued, &none)
+            .await
+            .unwrap(),
+        "handed back"
+    );
+    assert!(store
+        .transition(id, &[Queued], Running, &none)
+        .await
+        .unwrap());
+    let done = Outcome {
+        error: None,
+        zip_key: Some("alice/20260101_000000-1a2b3c4d/xomcloud-tracks.zip".into()),
+    };
+    assert!(store.transition(id, &[Running], Done, &done).await.unwrap());
+    assert!(!store
+        .transition(id, &[Queued, Running], Cancelled, &none)
+        .await
+        .unwrap());
+    assert!(
+        store
+            .transition(id, &[Done], Cancelled, &none)
+            .await
+            .is_err(),
+        "forbidden"
+    );
+    assert!(
+        store.transition(id, &[Queued], Done, &none).await.is_err(),
+        "forbidden"
+    );
+    assert!(!store
+        .transition(&unknown, &[Queued], Cancelled, &none)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.status(&unknown).await.unwrap(),
+        None,
+        "a miss creates nothing"
+    );
+    let after = store.get(id).await.unwrap().unwrap();
+    assert_eq!(
+        (after.status, after.zip_key.clone(), after.error.clone()),
+        (Done, done.zip_key, None)
+    );
+    assert!(after.updated_at >= small.updated_at);
+    assert_eq!(after.tracks, small.tracks);
+
+    let failed = Outcome {
+        error: Some("All 1 downloads failed".into()),
+        zip_key: None,
+    };
+    assert!(store
+        .transition(&first.id, &[Queued, Running], Failed, &failed)
+        .await
+        .unwrap());
+    let after = store.get(&first.id).await.unwrap().unwrap();
+    assert_eq!(
+        (after.status, after.error, after.zip_key),
+        (Failed, failed.error, None)
+    );
+
+    // Track updates: written, cleared by the next update, several at once on one job.
+    let failed_track = TrackUpdate {
+        error: Some("Track not found (deleted, private or a wrong URL)".into()),
+        ..update(TrackState::Failed, 1)
+    };
+    store
+        .update_track(&large.id, 5, &failed_track)
+        .await
+        .unwrap();
+    let done_track = TrackUpdate {
+        size: Some(7_340_032),
+        crc32: Some(0xcbf4_3926),
+        ..update(TrackState::Done, 2)
+    };
+    store.update_track(&large.id, 5, &done_track).await.unwrap();
+    let parallel: Vec<(usize, TrackUpdate)> = (10..20)
+        .map(|i| (i, update(TrackState::Downloading, 1)))
+        .chain([(199, failed_track.clone()), (0, done_track.clone())])
+        .collect();
+    futures::future::try_join_all(
+        parallel
+            .iter()
+            .map(|(i, u)| store.update_track(&large.id, *i, u)),
+    )
+    .await
+    .unwrap();
+    let after = store.get(&large.id).await.unwrap().unwrap();
+    let mut expected = large.tracks.clone();
+    expected[5].apply(&done_track);
+    for (i, u) in &parallel {
+        expected[*i].apply(u);
+    }
+    assert!(after.tracks == expected, "track updates did not read back");
+    assert_eq!(
+        (
+            after.done_count(),
+            after.failed_count(),
+            after.settled_count()
+        ),
+        (2, 1, 3)
+    );
+    assert!(after.updated_at >= large.updated_at);
+    assert!(store
+        .update_track(&large.id, 200, &done_track)
+        .await
+        .is_err());
+    assert!(store.update_track(&unknown, 0, &done_track).await.is_err());
+    assert_eq!(store.get(&unknown).await.unwrap(), None, "no stray items");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dynamodb_store_meets_the_contract() {
+    let moto = Moto::start();
+    let client = moto.dynamodb_client().await;
+    create_table(&client, TABLE).await.unwrap();
+    // Small pages make the 200-track job span several Query pages.
+    let store = DynamoStore::new(client, TABLE).with_query_page_size(64);
+    contract(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_store_meets_the_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("jobs.sqlite3")).unwrap();
+    contract(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dynamodb_items_have_the_documented_layout() {
+    let moto = Moto::start();
+    let client = moto.dynamodb_client().await;
+    create_table(&client, TABLE).await.unwrap();
+    let store = DynamoStore::new(client.clone(), TABLE);
+    let job = largest_job("alice");
+    store.create(&job, Some("idem-key")).await.unwrap();
+    // DynamoDB's own paging (1 MB) holds the largest job in one Query page.
+    let started = Instant::now();
+    assert!(store.get(&job.id).await.unwrap() == Some(job.clone()));
+    eprintln!("200-track job: get in one page {:?}", started.elapsed());
+
+    let items = scan(&client).await;
+    let s = |item: &HashMap<String, AttributeValue>, name: &str| {
+        item.get(name)
+            .and_then(|v| v.as_s().ok())
+            .cloned()
+            .unwrap_or_default()
+    };
+    let n = |item: &HashMap<String, AttributeValue>, name: &str| {
+        item.get(name)
+            .and_then(|v| v.as_n().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    assert_eq!(items.len(), 1 + 200 + 1, "job + tracks + idempotency claim");
+    let pk = format!("job#{}", job.id);
+    let job_item = items.iter().find(|i| s(i, "sk") == "job").unwrap();
+    assert_eq!(s(job_item, "pk"), pk);
+    assert_eq!(s(job_item, "status"), "queued");
+    assert_eq!(n(job_item, "total"), Some(200));
+    let tracks: Vec<_> = items
+        .iter()
+        .filter(|i| s(i, "sk").starts_with("track#"))
+        .collect();
+    assert_eq!(tracks.len(), 200);
+    assert!(tracks.iter().all(|i| s(i, "pk") == pk));
+    assert!(tracks.iter().any(|i| s(i, "sk") == "track#00199"));
+    let claim = items.iter().find(|i| s(i, "sk") == "idem").unwrap();
+    assert!(s(claim, "pk").starts_with("idem#"));
+    assert!(
+        !s(claim, "pk").contains("idem-key"),
+        "the client's key is hashed"
+    );
+    assert_eq!(s(claim, "job_id"), job.id);
+    // Every item expires with the job (the table's TTL attribute).
+    assert!(items
+        .iter()
+        .all(|i| n(i, "expires_at") == Some(job.expires_at)));
+
+    let ttl = client
+        .describe_time_to_live()
+        .table_name(TABLE)
+        .send()
+        .await
+        .unwrap();
+    let ttl = ttl.time_to_live_description().unwrap();
+    assert_eq!(ttl.attribute_name(), Some("expires_at"));
+}
+
+async fn scan(client: &aws_sdk_dynamodb::Client) -> Vec<HashMap<String, AttributeValue>> {
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let page = client
+            .scan()
+            .table_name(TABLE)
+            .consistent_read(true)
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .unwrap();
+        items.extend(page.items.unwrap_or_default());
+        match page.last_evaluated_key {
+            Some(key) if !key.is_empty() => start = Some(key),
+            _ => return items,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqs_queue_sends_the_message_json() {
+    let moto = Moto::start();
+    let client = moto.sqs_client().await;
+    let url = client
+        .create_queue()
+        .queue_name("xomcloud-jobs")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
+    let queue = SqsQueue::new(client.clone(), url.clone());
+    let message = JobMessage {
+        job_id: new_job_id(),
+    };
+    queue.send(&message).await.unwrap();
+
+    let received = client
+        .receive_message()
+        .queue_url(&url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(5)
+        .send()
+        .await
+        .unwrap();
+    let bodies: Vec<&str> = received
+        .messages()
+        .iter()
+        .filter_map(|m| m.body())
+        .collect();
+    assert_eq!(bodies, [format!(r#"{{"job_id":"{}"}}"#, message.job_id)]);
+    assert_eq!(parse_message(bodies[0]).unwrap(), message);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqs_send_to_a_missing_queue_is_an_error() {
+    let moto = Moto::start();
+    let client = moto.sqs_client().await;
+    let queue = SqsQueue::new(
+        client,
+        format!("{}/123456789012/no-such-queue", moto.endpoint()),
+    );
+    let err = queue
+        .send(&JobMessage {
+            job_id: new_job_id(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with("job queue: SendMessage"),
+        "{err}"
+    );
+}
