@@ -52,7 +52,12 @@ fn lint(tool: &str, args: &[&str]) {
 fn hadolint_dockerfiles() {
     lint(
         "hadolint",
-        &["--no-color", "Dockerfile.authorizer", "Dockerfile.download"],
+        &[
+            "--no-color",
+            "Dockerfile.authorizer",
+            "Dockerfile.download",
+            "Dockerfile.auth-token",
+        ],
     );
 }
 
@@ -68,7 +73,11 @@ fn cfn_lint_template() {
 }
 
 const WORKFLOWS: [&str; 2] = [".github/workflows/ci.yml", ".github/workflows/deploy.yml"];
-const DOCKERFILES: [&str; 2] = ["Dockerfile.authorizer", "Dockerfile.download"];
+const DOCKERFILES: [&str; 3] = [
+    "Dockerfile.authorizer",
+    "Dockerfile.download",
+    "Dockerfile.auth-token",
+];
 const TEST_COMMAND: &str = "scripts/test.sh";
 
 #[test]
