@@ -696,6 +696,36 @@ async fn http_api_v2_with_env_secret() {
     a.finish(&[SECRET], &[]);
 }
 
+/// The real front end sends a static token without `exp`: accepted unless `JWT_REQUIRE_EXP`
+/// is on; an `exp` that is there is checked either way.
+#[tokio::test]
+async fn tokens_without_exp_follow_jwt_require_exp() {
+    let now = now();
+    let no_exp = hs256(&json!({ "sub": SUB }), SECRET);
+    let pyjwt_no_exp = pyjwt(&json!({ "sub": SUB }), SECRET);
+    let good = hs256(&claims(SUB), SECRET);
+    let expired = hs256(&json!({"sub": SUB, "exp": now - 60}), SECRET);
+    for (setting, without_exp_allowed) in
+        [(None, true), (Some("false"), true), (Some("true"), false)]
+    {
+        let mut vars = vec![("API_SECRET_KEY", SECRET)];
+        vars.extend(setting.map(|v| ("JWT_REQUIRE_EXP", v)));
+        let a = Authorizer::start(&format!("JWT_REQUIRE_EXP={setting:?}"), &env(&vars)).await;
+        for f in FORMATS {
+            for (case, token) in [("no exp", &no_exp), ("no exp, PyJWT", &pyjwt_no_exp)] {
+                if without_exp_allowed {
+                    a.allowed(case, f, &bearer(token), SUB).await;
+                } else {
+                    a.denied(case, f, &bearer(token)).await;
+                }
+            }
+            a.allowed("with exp", f, &bearer(&good), SUB).await;
+            a.denied("expired", f, &bearer(&expired)).await;
+        }
+        a.finish(&[SECRET], &[]);
+    }
+}
+
 #[tokio::test]
 async fn issuer_audience_and_leeway() {
     let a = Authorizer::start(

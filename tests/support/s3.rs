@@ -94,6 +94,11 @@ impl S3Server {
             .collect()
     }
 
+    /// Another (empty) bucket beside [`BUCKET`].
+    pub fn add_bucket(&self, name: &str) {
+        std::fs::create_dir(self.root.path().join(name)).expect("bucket dir");
+    }
+
     pub fn object_path(&self, key: &str) -> PathBuf {
         self.root.path().join(BUCKET).join(key)
     }

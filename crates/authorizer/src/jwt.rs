@@ -23,7 +23,9 @@ pub enum AuthError {
 pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
-    pub exp: u64,
+    /// Optional unless `Rules::require_exp`: the real front end sends a static token without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
 }
@@ -43,6 +45,20 @@ pub struct Rules {
     pub leeway_seconds: u64,
     pub issuer: Option<String>,
     pub audience: Option<String>,
+    /// `JWT_REQUIRE_EXP`: refuse tokens without `exp`. Off by default, as the original backend
+    /// (PyJWT's defaults) accepts them; an `exp` that is present is always checked.
+    pub require_exp: bool,
+}
+
+impl From<&xomcloud_common::config::Settings> for Rules {
+    fn from(settings: &xomcloud_common::config::Settings) -> Self {
+        Self {
+            leeway_seconds: settings.jwt_leeway_seconds,
+            issuer: settings.jwt_issuer.clone(),
+            audience: settings.jwt_audience.clone(),
+            require_exp: settings.jwt_require_exp,
+        }
+    }
 }
 
 impl Rules {
@@ -53,7 +69,10 @@ impl Rules {
         v.validate_exp = true;
         v.validate_nbf = true;
         // A configured iss/aud must be present, not merely right when present.
-        let mut required = vec!["exp"];
+        let mut required = Vec::new();
+        if self.require_exp {
+            required.push("exp");
+        }
         match &self.audience {
             Some(aud) => {
                 v.set_audience(&[aud]);
@@ -128,7 +147,7 @@ pub fn mint(sub: &str, secret: &[u8], ttl_seconds: u64) -> Result<String, AuthEr
     let iat = now();
     let claims = Claims {
         sub: Some(sub.to_owned()),
-        exp: iat + ttl_seconds,
+        exp: Some(iat + ttl_seconds),
         iat: Some(iat),
     };
     encode(
@@ -249,8 +268,32 @@ mod tests {
             SECRET,
         );
         assert!(verify(&early, SECRET, &Rules::default()).is_err());
+    }
+
+    #[test]
+    fn exp_is_optional_unless_required() {
         let no_exp = token(Algorithm::HS256, json!({"sub": "a"}), SECRET);
-        assert!(verify(&no_exp, SECRET, &Rules::default()).is_err());
+        assert_eq!(verify(&no_exp, SECRET, &Rules::default()).unwrap().sub, "a");
+        let strict = Rules {
+            require_exp: true,
+            ..Rules::default()
+        };
+        assert!(verify(&no_exp, SECRET, &strict).is_err());
+        let fresh = token(
+            Algorithm::HS256,
+            json!({"sub": "a", "exp": now() + 60}),
+            SECRET,
+        );
+        assert!(verify(&fresh, SECRET, &strict).is_ok());
+        let expired = token(
+            Algorithm::HS256,
+            json!({"sub": "a", "exp": now() - 30}),
+            SECRET,
+        );
+        assert!(verify(&expired, SECRET, &Rules::default()).is_err());
+        // A present exp that is not a number is refused either way.
+        let bad = token(Algorithm::HS256, json!({"sub": "a", "exp": "soon"}), SECRET);
+        assert!(verify(&bad, SECRET, &Rules::default()).is_err());
     }
 
     #[test]

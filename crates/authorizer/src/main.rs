@@ -10,11 +10,7 @@ async fn main() -> Result<(), lambda_runtime::Error> {
     let sdk = aws_config().await;
     let authorizer = Authorizer::new(
         env_then_ssm(&sdk, &settings.ssm_prefix),
-        Rules {
-            leeway_seconds: settings.jwt_leeway_seconds,
-            issuer: settings.jwt_issuer,
-            audience: settings.jwt_audience,
-        },
+        Rules::from(&settings),
     );
     let authorizer = &authorizer;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
