@@ -5,6 +5,7 @@ mod cli;
 mod doctor;
 mod dotenv;
 mod download;
+mod jobs_local;
 mod serve;
 
 use clap::Parser;

@@ -18,11 +18,15 @@ use xomcloud_common::presign::{LinkError, LinkSigner};
 use xomcloud_common::response::Cors;
 use xomcloud_common::storage::{content_disposition, unix_now, LocalStorage, S3Storage, Storage};
 use xomcloud_common::ApiError;
+use xomcloud_download_tracks::jobs::{JobsApi, JobsRequest};
 use xomcloud_download_tracks::service::DownloadService;
 
 struct App {
-    service: DownloadService,
+    service: Arc<DownloadService>,
+    jobs: JobsApi,
     authorizer: Authorizer,
+    /// `/auth/token`, `/auth/refresh`: the OAuth proxy, as the auth-token Lambda.
+    auth: xomcloud_auth_token::AuthTokenService,
     /// Set in local mode: serves `GET /files/…`.
     files: Option<LocalStorage>,
     cors: Cors,
@@ -66,17 +70,16 @@ pub async fn run(addr: &str) -> Result<ExitCode, String> {
             )
         };
     // The same verifier as the authorizer Lambda, reading the secret per request.
-    let authorizer = Authorizer::new(
-        secrets.clone(),
-        Rules {
-            leeway_seconds: settings.jwt_leeway_seconds,
-            issuer: settings.jwt_issuer.clone(),
-            audience: settings.jwt_audience.clone(),
-        },
-    );
+    let authorizer = Authorizer::new(secrets.clone(), Rules::from(&settings));
+    let auth = xomcloud_auth_token::AuthTokenService::from_settings(&settings, secrets.clone())
+        .map_err(|e| e.to_string())?;
+    let service = Arc::new(DownloadService::new(&settings, storage.clone(), secrets));
+    let jobs = crate::jobs_local::start(&settings, storage, service.clone()).await?;
     let app = Arc::new(App {
-        service: DownloadService::new(&settings, storage, secrets),
+        service,
+        jobs,
         authorizer,
+        auth,
         files,
         cors: Cors::new(settings.cors_allow_origin.as_deref()),
     });
@@ -110,6 +113,12 @@ pub async fn run(addr: &str) -> Result<ExitCode, String> {
 fn router(app: Shared) -> Router {
     Router::new()
         .route("/download", any(download))
+        .route("/auth/token", any(auth_token))
+        .route("/auth/refresh", any(auth_token))
+        // The route of the XOMCLOUD infrastructure's API Gateway: the same endpoint.
+        .route("/download/tracks", any(download))
+        .route("/jobs", any(jobs))
+        .route("/jobs/{*rest}", any(jobs))
         .route("/files/{*key}", get(file))
         .fallback(not_found)
         // Bodies up to twice the API's limit reach the validator, which answers with the envelope.
@@ -123,31 +132,83 @@ fn reply(response: http::Response<String>) -> Response {
     response.map(Body::from)
 }
 
+/// The principal of the request's token (the authorizer's check); `Ok(None)` for a preflight.
+async fn authorize(
+    app: &App,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Result<Option<String>, Response> {
+    if method == Method::OPTIONS {
+        return Ok(None);
+    }
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match app.authorizer.principal(authorization).await {
+        Ok(p) => Ok(Some(p.sub)),
+        Err(_) => {
+            let err = ApiError::Auth("Missing or invalid token".into());
+            Err(reply(app.cors.error(&err)))
+        }
+    }
+}
+
+/// The sign-in bootstrap: no token is asked for, as API Gateway wires it without the authorizer.
+async fn auth_token(
+    State(app): State<Shared>,
+    method: Method,
+    uri: axum::http::Uri,
+    body: Bytes,
+) -> Response {
+    reply(app.auth.handle(&method, uri.path(), &body).await)
+}
+
 async fn download(
     State(app): State<Shared>,
     method: Method,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let principal = if method == Method::OPTIONS {
-        None
-    } else {
-        let authorization = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        match app.authorizer.principal(authorization).await {
-            Ok(p) => Some(p.sub),
-            Err(_) => {
-                let err = ApiError::Auth("Missing or invalid token".into());
-                return reply(app.cors.error(&err));
-            }
-        }
+    let principal = match authorize(&app, &method, &headers).await {
+        Ok(principal) => principal,
+        Err(denied) => return denied,
     };
     reply(
         app.service
             .handle(&method, &body, principal.as_deref())
             .await,
     )
+}
+
+async fn jobs(
+    State(app): State<Shared>,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let principal = match authorize(&app, &method, &headers).await {
+        Ok(principal) => principal,
+        Err(denied) => return denied,
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let jobs_url = format!("http://{host}/jobs");
+    let rest = uri.path().strip_prefix("/jobs").unwrap_or_default();
+    // A key that is not text is as bad as one too long: the validator refuses it.
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    let request = JobsRequest {
+        rest,
+        body: &body,
+        principal: principal.as_deref(),
+        idempotency_key,
+        jobs_url: &jobs_url,
+    };
+    reply(app.jobs.handle(&method, &request).await)
 }
 
 #[derive(Deserialize)]

@@ -2,86 +2,17 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 
 use serde_json::{json, Value};
 use xomcloud_common::presign::LinkSigner;
 
 const SECRET: &str = "cli-test-secret";
 
-fn xomcloud(cwd: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xomcloud"));
-    // A bare directory: no .env, no .venv, no data dir of the developer's.
-    cmd.current_dir(cwd)
-        .env_remove("API_SECRET_KEY")
-        .env_remove("S3_DOWNLOAD_BUCKET_NAME")
-        .env_remove("SOUNDCLOUD_CLIENT_ID")
-        .env("SCDL_BIN", support::stub::stub_scdl())
-        .env("XOMCLOUD_DATA_DIR", cwd.join("data"))
-        .env("TRACK_TIMEOUT_SECONDS", "5")
-        .envs(support::stub::stub_env());
-    cmd
-}
+use support::serve::{serve as serve_with, token, xomcloud, Server};
 
-struct Server {
-    child: Child,
-    base: String,
-    banner: Vec<String>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `xomcloud serve` on a free port and reads its banner up to the listening line (and
-/// the token lines when it made a dev secret).
 fn serve(cwd: &Path, secret: Option<&str>) -> Server {
-    let mut cmd = xomcloud(cwd);
-    cmd.args(["serve", "--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    if let Some(s) = secret {
-        cmd.env("API_SECRET_KEY", s);
-    }
-    let mut child = cmd.spawn().expect("start xomcloud serve");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut banner = Vec::new();
-    let mut base = None;
-    let wanted = if secret.is_some() { 2 } else { 5 };
-    while banner.len() < wanted {
-        let line = lines.next().expect("serve printed its banner").unwrap();
-        if let Some(url) = line.strip_prefix("xomcloud listening on ") {
-            base = Some(url.to_owned());
-        }
-        banner.push(line);
-    }
-    // Keep draining stdout so the server never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
-    Server {
-        child,
-        base: base.expect("listening line"),
-        banner,
-    }
-}
-
-fn token(sub: &str, secret: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_xomcloud"))
-        .args(["token", "--sub", sub, "--ttl", "10m"])
-        .env("API_SECRET_KEY", secret)
-        .current_dir(std::env::temp_dir())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    serve_with(cwd, secret, &[])
 }
 
 fn body(tracks: &[(&str, &str)]) -> String {
@@ -208,9 +139,9 @@ async fn serve_checks_tokens_and_serves_signed_links() {
     );
     assert_eq!(
         h["access-control-allow-headers"],
-        "Content-Type,Authorization"
+        "Authorization,Content-Type,X-Amz-Date,X-Amz-Security-Token,X-Api-Key,Origin,Accept,Access-Control-Allow-Origin,Accept-Language,Idempotency-Key"
     );
-    assert_eq!(h["access-control-allow-methods"], "GET,POST,OPTIONS");
+    assert_eq!(h["access-control-allow-methods"], "GET,POST,DELETE,OPTIONS");
 
     // Bad input behind a good token: 400 envelope.
     let res = client
@@ -224,6 +155,60 @@ async fn serve_checks_tokens_and_serves_signed_links() {
         .await
         .unwrap();
     assert_eq!(res.status(), 400);
+}
+
+/// The real front end's token: HS256 over `{"sub": …}`, no `exp`.
+fn static_token(sub: &str, secret: &str) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({ "sub": sub }),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_takes_the_front_ends_static_token_on_both_routes_unless_exp_is_required() {
+    let client = reqwest::Client::new();
+    let no_exp = format!("Bearer {}", static_token("front-end", SECRET));
+    let with_exp = format!("Bearer {}", token("front-end", SECRET));
+    for (require_exp, no_exp_status) in [("false", 200), ("true", 401)] {
+        let dir = tempfile::tempdir().unwrap();
+        let server = serve_with(
+            dir.path(),
+            Some(SECRET),
+            &[("JWT_REQUIRE_EXP", require_exp)],
+        );
+        for route in ["/download", "/download/tracks"] {
+            let url = format!("{}{route}", server.base);
+            for (auth, expected) in [(&no_exp, no_exp_status), (&with_exp, 200)] {
+                let res = client
+                    .post(&url)
+                    .header("Authorization", auth.as_str())
+                    .body(body(&[("1", "ok-a")]))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = res.status().as_u16();
+                let v: Value = res.json().await.unwrap();
+                assert_eq!(
+                    status, expected,
+                    "JWT_REQUIRE_EXP={require_exp} {route}: {v}"
+                );
+                if expected == 200 {
+                    assert_eq!(v["data"]["successful"], 1, "{v}");
+                } else {
+                    assert_eq!(v["error"]["code"], "AUTH_ERROR");
+                }
+            }
+            let res = client
+                .request(reqwest::Method::OPTIONS, &url)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 204, "{route}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -452,9 +452,12 @@ async fn preflight_answers_cors() {
         headers["access-control-allow-origin"],
         "http://localhost:4200"
     );
-    assert_eq!(headers["access-control-allow-methods"], "GET,POST,OPTIONS");
+    assert_eq!(
+        headers["access-control-allow-methods"],
+        "GET,POST,DELETE,OPTIONS"
+    );
     assert_eq!(
         headers["access-control-allow-headers"],
-        "Content-Type,Authorization"
+        "Authorization,Content-Type,X-Amz-Date,X-Amz-Security-Token,X-Api-Key,Origin,Accept,Access-Control-Allow-Origin,Accept-Language,Idempotency-Key"
     );
 }

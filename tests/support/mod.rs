@@ -7,5 +7,6 @@ pub mod media;
 pub mod moto;
 pub mod runtime_api;
 pub mod s3;
+pub mod serve;
 pub mod stub;
 pub mod zips;

@@ -116,7 +116,12 @@ pub struct InitError {
 struct Queued {
     request_id: String,
     body: Bytes,
+    /// The function's time for this invocation (`Lambda-Runtime-Deadline-Ms` = now + this).
+    time_limit: Duration,
 }
+
+/// The time a function gets per invocation unless the test says otherwise.
+pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct State {
@@ -181,6 +186,17 @@ impl RuntimeApi {
     }
 
     pub async fn invoke_with_timeout(&self, event: Value, timeout: Duration) -> Outcome {
+        self.invoke_with_time_limit(event, timeout, DEFAULT_TIME_LIMIT)
+            .await
+    }
+
+    /// Invokes with the function's deadline `time_limit` from the moment it takes the event.
+    pub async fn invoke_with_time_limit(
+        &self,
+        event: Value,
+        timeout: Duration,
+        time_limit: Duration,
+    ) -> Outcome {
         let n = self.state.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let request_id = format!("00000000-0000-4000-8000-{n:012x}");
         let (tx, rx) = oneshot::channel();
@@ -189,6 +205,7 @@ impl RuntimeApi {
         lock(&self.state.queue).push_back(Queued {
             request_id: request_id.clone(),
             body,
+            time_limit,
         });
         self.state.queued.notify_one();
 
@@ -419,7 +436,7 @@ async fn next_invocation(state: &State) -> HttpResponse {
         .duration_since(UNIX_EPOCH)
         .expect("clock after 1970")
         .as_millis()
-        + 60_000;
+        + queued.time_limit.as_millis();
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "application/json")
@@ -481,6 +498,17 @@ pub struct LambdaProcess {
 /// at `runtime` (plus `PATH`, `HOME`, `TMPDIR` passed through), then `envs` (which may override
 /// any of them). Stdout and stderr go to files, read with [`LambdaProcess::logs`].
 pub fn spawn_function(bin: &Path, runtime: &RuntimeApi, envs: &[(&str, &str)]) -> LambdaProcess {
+    spawn_function_with_args(bin, &[], runtime, envs)
+}
+
+/// [`spawn_function`] with command-line arguments (an image's CMD reaches the bootstrap as
+/// arguments, as well as `_HANDLER`).
+pub fn spawn_function_with_args(
+    bin: &Path,
+    args: &[&str],
+    runtime: &RuntimeApi,
+    envs: &[(&str, &str)],
+) -> LambdaProcess {
     let name = bin
         .file_stem()
         .and_then(|s| s.to_str())
@@ -493,7 +521,7 @@ pub fn spawn_function(bin: &Path, runtime: &RuntimeApi, envs: &[(&str, &str)]) -
     let stdout = logs_dir.path().join("stdout.log");
     let stderr = logs_dir.path().join("stderr.log");
     let mut cmd = Command::new(bin);
-    cmd.env_clear();
+    cmd.args(args).env_clear();
     for var in ["PATH", "HOME", "TMPDIR"] {
         if let Some(value) = std::env::var_os(var) {
             cmd.env(var, value);

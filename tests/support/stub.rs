@@ -35,3 +35,48 @@ pub fn stub_env() -> Vec<(String, String)> {
         ("SCDL_STUB_M4A".to_owned(), path(media::sample_m4a())),
     ]
 }
+
+/// The URL of each run the stub logged to `$SCDL_STUB_LOG`, in order.
+pub fn logged_urls(log: &Path) -> Vec<String> {
+    logged(log)
+        .iter()
+        .map(|v| {
+            let argv = v["argv"].as_array().expect("argv");
+            let at = argv.iter().position(|a| a == "-l").expect("-l");
+            argv[at + 1].as_str().expect("a URL").to_owned()
+        })
+        .collect()
+}
+
+/// The process group of each run the stub logged.
+pub fn logged_pgids(log: &Path) -> Vec<i64> {
+    logged(log)
+        .iter()
+        .map(|v| v["pgid"].as_i64().expect("pgid"))
+        .collect()
+}
+
+fn logged(log: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect()
+}
+
+/// Is any process of the group left (zombies waiting to be reaped do not count)?
+pub fn group_alive(pgid: i64) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            return false;
+        };
+        // After the command name: state, ppid, pgrp.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+        fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z"
+    })
+}

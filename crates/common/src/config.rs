@@ -228,13 +228,33 @@ pub struct Settings {
     pub jwt_leeway_seconds: u64,
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
+    /// `JWT_REQUIRE_EXP`: tokens must carry `exp` (off: the real front end's static token has none).
+    pub jwt_require_exp: bool,
     pub data_dir: PathBuf,
+    /// `JOBS_TABLE` / `JOBS_QUEUE_URL`: DynamoDB table and SQS queue of download jobs (AWS);
+    /// without both, the Lambda answers `/jobs` with 404 and `/download` works as before.
+    pub jobs_table: Option<String>,
+    pub jobs_queue_url: Option<String>,
+    /// `JOBS_DLQ_ARN`: records from this queue mark their job failed instead of running it.
+    pub jobs_dlq_arn: Option<String>,
+    pub max_job_tracks: usize,
+    /// How long job records live (`JOB_TTL_HOURS`, at most the zips' one-day lifecycle).
+    pub job_ttl: Duration,
+    /// Jobs `xomcloud serve` runs at once (each `concurrency` tracks at a time).
+    pub job_workers: usize,
+    /// The pause before a track that failed for a passing reason is tried once more.
+    pub track_retry_pause: Duration,
     /// A custom S3 endpoint (MinIO, s3s, LocalStack) is addressed path-style.
     pub s3_endpoint: Option<String>,
+    /// `SOUNDCLOUD_TOKEN_URL`: where the auth-token proxy forwards the OAuth exchange.
+    pub soundcloud_token_url: String,
+    /// `SOUNDCLOUD_TOKEN_TIMEOUT_SECONDS`: the whole upstream exchange, connect to last byte.
+    pub soundcloud_token_timeout: Duration,
 }
 
 pub const DEFAULT_BUCKET: &str = "xomcloud-downloads";
 pub const DEFAULT_SSM_PREFIX: &str = "/xomcloud";
+pub const DEFAULT_SOUNDCLOUD_TOKEN_URL: &str = "https://secure.soundcloud.com/oauth/token";
 
 impl Settings {
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -264,6 +284,18 @@ impl Settings {
                 },
             }
         };
+        let flag = |name: &'static str, default: bool| -> Result<bool, ConfigError> {
+            match text(name).map(|v| v.to_ascii_lowercase()).as_deref() {
+                None => Ok(default),
+                Some("true" | "1" | "yes") => Ok(true),
+                Some("false" | "0" | "no") => Ok(false),
+                Some(v) => Err(ConfigError::Invalid {
+                    name,
+                    value: v.to_owned(),
+                    expected: "true or false",
+                }),
+            }
+        };
         Ok(Self {
             cors_allow_origin: text("CORS_ALLOW_ORIGIN"),
             ssm_prefix: text("SSM_PREFIX").unwrap_or_else(|| DEFAULT_SSM_PREFIX.into()),
@@ -277,10 +309,34 @@ impl Settings {
             jwt_leeway_seconds: number("JWT_LEEWAY_SECONDS", 0, 0)?,
             jwt_issuer: text("JWT_ISSUER"),
             jwt_audience: text("JWT_AUDIENCE"),
+            jwt_require_exp: flag("JWT_REQUIRE_EXP", false)?,
+            jobs_table: text("JOBS_TABLE"),
+            jobs_queue_url: text("JOBS_QUEUE_URL"),
+            jobs_dlq_arn: text("JOBS_DLQ_ARN"),
+            max_job_tracks: number("MAX_JOB_TRACKS", 200, 1)? as usize,
+            job_ttl: match number("JOB_TTL_HOURS", 24, 1)? {
+                hours @ 1..=24 => Duration::from_secs(hours * 3600),
+                hours => {
+                    return Err(ConfigError::Invalid {
+                        name: "JOB_TTL_HOURS",
+                        value: hours.to_string(),
+                        expected: "1 to 24 (job records must not outlive their zips)",
+                    })
+                }
+            },
+            job_workers: number("JOB_WORKERS", 1, 1)? as usize,
+            track_retry_pause: Duration::from_secs(number("TRACK_RETRY_PAUSE_SECONDS", 5, 0)?),
             data_dir: text("XOMCLOUD_DATA_DIR")
                 .unwrap_or_else(|| "data".into())
                 .into(),
             s3_endpoint: text("AWS_ENDPOINT_URL_S3").or_else(|| text("AWS_ENDPOINT_URL")),
+            soundcloud_token_url: text("SOUNDCLOUD_TOKEN_URL")
+                .unwrap_or_else(|| DEFAULT_SOUNDCLOUD_TOKEN_URL.into()),
+            soundcloud_token_timeout: Duration::from_secs(number(
+                "SOUNDCLOUD_TOKEN_TIMEOUT_SECONDS",
+                10,
+                1,
+            )?),
         })
     }
 
@@ -323,6 +379,28 @@ mod tests {
         assert_eq!(s.scdl_bin, PathBuf::from("scdl"));
         assert_eq!(s.ssm_prefix, "/xomcloud");
         assert_eq!(s.jwt_leeway_seconds, 0);
+        assert_eq!(
+            s.soundcloud_token_url,
+            "https://secure.soundcloud.com/oauth/token"
+        );
+        assert_eq!(s.soundcloud_token_timeout, Duration::from_secs(10));
+        assert!(!s.jwt_require_exp);
+        assert_eq!((s.max_job_tracks, s.job_workers), (200, 1));
+        assert_eq!(s.job_ttl, Duration::from_secs(24 * 3600));
+        assert!(s.jobs_table.is_none() && s.jobs_queue_url.is_none());
+        let err = Settings::from_vars(vars(&[("JOB_TTL_HOURS", "48")])).unwrap_err();
+        assert!(err.to_string().contains("JOB_TTL_HOURS"), "{err}");
+    }
+
+    #[test]
+    fn flags() {
+        let on = |v| Settings::from_vars(vars(&[("JWT_REQUIRE_EXP", v)]));
+        assert!(on("true").unwrap().jwt_require_exp);
+        assert!(on("TRUE").unwrap().jwt_require_exp);
+        assert!(!on("false").unwrap().jwt_require_exp);
+        assert!(!on("").unwrap().jwt_require_exp);
+        let err = on("maybe").unwrap_err().to_string();
+        assert!(err.contains("JWT_REQUIRE_EXP"), "{err}");
     }
 
     #[test]

@@ -13,11 +13,22 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     NotFound(String),
+    /// The request contradicts the resource's state (cancelling a finished job).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{message}")]
     Download {
         message: String,
         details: Option<Value>,
     },
+    /// An upstream service answered badly or not at all; the status is what the client gets.
+    #[error("{message}")]
+    Upstream { status: u16, message: String },
+    #[error("{0}")]
+    UpstreamTimeout(String),
+    /// A required setting or secret is missing; the message is public, so it names no value.
+    #[error("{0}")]
+    Config(String),
     /// The cause is logged server-side; the client only sees a generic message.
     #[error("internal error: {0}")]
     Internal(String),
@@ -38,7 +49,11 @@ impl ApiError {
             Self::Auth(_) => "AUTH_ERROR",
             Self::Forbidden(_) => "FORBIDDEN",
             Self::NotFound(_) => "NOT_FOUND",
+            Self::Conflict(_) => "CONFLICT",
             Self::Download { .. } => "DOWNLOAD_ERROR",
+            Self::Upstream { .. } => "UPSTREAM_ERROR",
+            Self::UpstreamTimeout(_) => "UPSTREAM_TIMEOUT",
+            Self::Config(_) => "CONFIG_ERROR",
             Self::Internal(_) => "INTERNAL_ERROR",
         }
     }
@@ -49,8 +64,12 @@ impl ApiError {
             Self::Auth(_) => 401,
             Self::Forbidden(_) => 403,
             Self::NotFound(_) => 404,
+            Self::Conflict(_) => 409,
             // Every track failed upstream: the gateway to SoundCloud failed, not our server.
             Self::Download { .. } => 502,
+            Self::Upstream { status, .. } => *status,
+            Self::UpstreamTimeout(_) => 504,
+            Self::Config(_) => 500,
             Self::Internal(_) => 500,
         }
     }
@@ -58,8 +77,13 @@ impl ApiError {
     /// The message a client may see.
     pub fn public_message(&self) -> &str {
         match self {
-            Self::Validation(m) | Self::Auth(m) | Self::Forbidden(m) | Self::NotFound(m) => m,
-            Self::Download { message, .. } => message,
+            Self::Validation(m)
+            | Self::Auth(m)
+            | Self::Forbidden(m)
+            | Self::NotFound(m)
+            | Self::Conflict(m) => m,
+            Self::Download { message, .. } | Self::Upstream { message, .. } => message,
+            Self::UpstreamTimeout(m) | Self::Config(m) => m,
             Self::Internal(_) => "An unexpected error occurred",
         }
     }
@@ -95,6 +119,7 @@ mod tests {
             (ApiError::Auth("x".into()), "AUTH_ERROR", 401),
             (ApiError::Forbidden("x".into()), "FORBIDDEN", 403),
             (ApiError::NotFound("x".into()), "NOT_FOUND", 404),
+            (ApiError::Conflict("x".into()), "CONFLICT", 409),
             (
                 ApiError::Download {
                     message: "x".into(),
@@ -103,6 +128,20 @@ mod tests {
                 "DOWNLOAD_ERROR",
                 502,
             ),
+            (
+                ApiError::Upstream {
+                    status: 401,
+                    message: "x".into(),
+                },
+                "UPSTREAM_ERROR",
+                401,
+            ),
+            (
+                ApiError::UpstreamTimeout("x".into()),
+                "UPSTREAM_TIMEOUT",
+                504,
+            ),
+            (ApiError::Config("x".into()), "CONFIG_ERROR", 500),
             (ApiError::internal("boom"), "INTERNAL_ERROR", 500),
         ];
         for (err, code, status) in cases {

@@ -6,8 +6,12 @@ use serde_json::Value;
 use crate::error::ApiError;
 
 pub const DEFAULT_ALLOW_ORIGIN: &str = "https://xomcloud.xomware.com";
-pub const ALLOW_HEADERS: &str = "Content-Type,Authorization";
-pub const ALLOW_METHODS: &str = "GET,POST,OPTIONS";
+/// The headers the XOMCLOUD infrastructure's API Gateway allows (the real front end may send any
+/// of them), and the jobs API's `Idempotency-Key`.
+pub const ALLOW_HEADERS: &str = "Authorization,Content-Type,X-Amz-Date,X-Amz-Security-Token,X-Api-Key,Origin,Accept,Access-Control-Allow-Origin,Accept-Language,Idempotency-Key";
+pub const ALLOW_METHODS: &str = "GET,POST,DELETE,OPTIONS";
+/// A job's `202` names its status URL in `Location`; scripts in the browser may read it.
+pub const EXPOSE_HEADERS: &str = "Location";
 
 /// The CORS policy: one allowed origin, never `*` (the API takes credentials).
 #[derive(Clone, Debug)]
@@ -44,6 +48,10 @@ impl Cors {
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
             HeaderValue::from_static(ALLOW_METHODS),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(EXPOSE_HEADERS),
         );
         headers.insert(header::VARY, HeaderValue::from_static("Origin"));
     }
@@ -104,14 +112,13 @@ mod tests {
             header(&r, "access-control-allow-origin"),
             DEFAULT_ALLOW_ORIGIN
         );
-        assert_eq!(
-            header(&r, "access-control-allow-headers"),
-            "Content-Type,Authorization"
-        );
+        assert_eq!(header(&r, "access-control-allow-headers"), ALLOW_HEADERS);
+        assert!(ALLOW_HEADERS.contains("X-Amz-Security-Token"));
         assert_eq!(
             header(&r, "access-control-allow-methods"),
-            "GET,POST,OPTIONS"
+            "GET,POST,DELETE,OPTIONS"
         );
+        assert_eq!(header(&r, "access-control-expose-headers"), "Location");
         assert_eq!(header(&r, "content-type"), "application/json");
         assert_eq!(cors.ok(None).body(), r#"{"success":true}"#);
     }

@@ -1,28 +1,31 @@
-use std::sync::Arc;
+//! One image, two functions: the HTTP API (any handler name, the Terraform-made function's
+//! `lambdas.download_tracks.handler.handler` included) and, with the image command
+//! `jobs-worker` (`_HANDLER`), the SQS-triggered jobs worker.
 
-use lambda_http::{service_fn, Request};
-use xomcloud_common::config::{aws_config, env_then_ssm, Settings};
-use xomcloud_common::storage::S3Storage;
-use xomcloud_download_tracks::{lambda, service::DownloadService};
+use lambda_runtime::LambdaEvent;
+use xomcloud_download_tracks::wiring;
 
 #[tokio::main]
-async fn main() -> Result<(), lambda_http::Error> {
+async fn main() -> Result<(), lambda_runtime::Error> {
     xomcloud_common::logging::init();
-    let settings = Settings::from_env()?;
-    let sdk = aws_config().await;
-    let storage = S3Storage::new(
-        &sdk,
-        settings.bucket_or_default(),
-        settings.s3_endpoint.is_some(),
-    );
-    let service = DownloadService::new(
-        &settings,
-        Arc::new(storage),
-        env_then_ssm(&sdk, &settings.ssm_prefix),
-    );
-    let service = &service;
-    lambda_http::run(service_fn(move |request: Request| async move {
-        Ok::<_, std::convert::Infallible>(lambda::respond(service, request).await)
-    }))
+    let app = wiring::aws().await?;
+    if std::env::var("_HANDLER").as_deref() == Ok(wiring::WORKER_HANDLER) {
+        let worker = &app.worker()?;
+        return lambda_runtime::run(lambda_runtime::service_fn(
+            move |event: LambdaEvent<aws_lambda_events::sqs::SqsEvent>| async move {
+                let deadline = wiring::deadline(event.context.deadline);
+                Ok::<_, std::convert::Infallible>(worker.handle(event.payload, deadline).await)
+            },
+        ))
+        .await;
+    }
+    let http = &app.http();
+    lambda_http::run(lambda_http::service_fn(
+        move |request: lambda_http::Request| async move {
+            Ok::<_, std::convert::Infallible>(
+                xomcloud_download_tracks::lambda::respond(http, request).await,
+            )
+        },
+    ))
     .await
 }

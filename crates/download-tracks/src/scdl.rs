@@ -120,6 +120,8 @@ async fn run(
         .spawn()
         .map_err(|e| FetchError::Failed(format!("cannot start {}: {e}", program.display())))?;
     let pid = child.id();
+    // Kills the whole group on every way out, a dropped future (a cancelled job) included.
+    let group = pid.map(GroupKill);
     tracing::debug!(pid, "spawned");
     let mut stderr = child.stderr.take().expect("stderr is piped");
     let reader = tokio::spawn(async move {
@@ -144,9 +146,7 @@ async fn run(
     });
     let waited = tokio::time::timeout_at(deadline, child.wait()).await;
     tracing::debug!(pid, "exited");
-    if let Some(pid) = pid {
-        kill_group(pid);
-    }
+    drop(group);
     let status = match waited {
         Ok(status) => Some(status.map_err(|e| FetchError::Failed(format!("wait: {e}")))?),
         Err(_) => {
@@ -158,10 +158,15 @@ async fn run(
     Ok(status.map(|status| Finished { status, stderr }))
 }
 
-fn kill_group(pid: u32) {
-    // SAFETY: killpg only sends a signal; the group was created for this child (process_group(0)).
-    unsafe {
-        libc::killpg(pid as libc::pid_t, libc::SIGKILL);
+/// The process group of a spawned child (its pid: `process_group(0)`), killed when dropped.
+struct GroupKill(u32);
+
+impl Drop for GroupKill {
+    fn drop(&mut self) {
+        // SAFETY: killpg only sends a signal; the group was created for this child.
+        unsafe {
+            libc::killpg(self.0 as libc::pid_t, libc::SIGKILL);
+        }
     }
 }
 

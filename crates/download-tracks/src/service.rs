@@ -83,7 +83,8 @@ impl DownloadService {
         self.pipeline.run(tracks, owner, fetcher, progress).await
     }
 
-    async fn fetcher(&self) -> Arc<dyn TrackFetcher> {
+    /// A fetcher with the current SoundCloud client id (it may rotate).
+    pub async fn fetcher(&self) -> Arc<dyn TrackFetcher> {
         let client_id = match self.secrets.get(Secret::SoundcloudClientId).await {
             Ok(id) => Some(id),
             Err(ConfigError::MissingSecret { .. }) => {

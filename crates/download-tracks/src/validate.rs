@@ -14,6 +14,9 @@ const MAX_ID_CHARS: usize = 64;
 /// Longest accepted track URL; real SoundCloud links with share parameters stay far below.
 const MAX_URL_CHARS: usize = 2048;
 
+/// Longest kept title or artist (longer ones are cut): a job's record stays small.
+pub const MAX_TEXT_CHARS: usize = 300;
+
 /// Longest S3 key owner segment.
 const MAX_OWNER_CHARS: usize = 30;
 
@@ -95,14 +98,14 @@ pub fn parse_request(body: &[u8], max_tracks: usize) -> Result<DownloadRequest, 
 fn parse_track(i: usize, fields: &Map<String, Value>) -> Result<Track, ApiError> {
     let id = parse_id(i, fields.get("id"))?;
     let url = parse_url(i, fields, &id)?;
+    let cap = |s: &str| s.chars().take(MAX_TEXT_CHARS).collect::<String>();
     let title = non_blank(fields.get("title"))
-        .map(str::to_owned)
+        .map(cap)
         .unwrap_or_else(|| format!("Track {}", i + 1));
-    let artist = non_blank(fields.get("artist"))
+    let artist = cap(non_blank(fields.get("artist"))
         .or_else(|| non_blank(fields.get("metadata_artist")))
         .or_else(|| non_blank(fields.get("user").and_then(|u| u.get("username"))))
-        .unwrap_or("Unknown Artist")
-        .to_owned();
+        .unwrap_or("Unknown Artist"));
     Ok(Track {
         id,
         url,
@@ -289,6 +292,17 @@ mod tests {
             "title": "Track Name",
             "artist": "Artist Name",
         })
+    }
+
+    #[test]
+    fn long_titles_and_artists_are_cut() {
+        let body = json!({"tracks": [{"id": "1", "url": "https://soundcloud.com/a/b",
+            "title": "é".repeat(1000), "artist": "x".repeat(301)}]});
+        let track = &parse_request(body.to_string().as_bytes(), 5)
+            .unwrap()
+            .tracks[0];
+        assert_eq!(track.title, "é".repeat(MAX_TEXT_CHARS));
+        assert_eq!(track.artist.chars().count(), MAX_TEXT_CHARS);
     }
 
     #[test]

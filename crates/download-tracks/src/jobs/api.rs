@@ -1,0 +1,304 @@
+//! `POST /jobs`, `GET /jobs/{id}`, `DELETE /jobs/{id}` without any transport: the Lambda and the
+//! local server call `JobsApi::handle` with the method, the path after `/jobs`, the body, the
+//! authorizer's principal and the URL the caller used for `/jobs`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, HeaderValue, Method, Response};
+use serde::Serialize;
+use serde_json::json;
+use xomcloud_common::response::Cors;
+use xomcloud_common::storage::{unix_now, Storage};
+use xomcloud_common::ApiError;
+use xomcloud_jobs::model::{is_job_id, new_job_id, Job, JobStatus, Outcome, TrackSpec, TrackState};
+use xomcloud_jobs::queue::{JobMessage, JobQueue};
+use xomcloud_jobs::store::{Created, JobStore};
+
+use crate::validate::parse_request;
+
+/// Longest accepted `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY: usize = 128;
+
+/// What a request to the jobs API carries besides its method.
+pub struct JobsRequest<'a> {
+    /// The path below `/jobs`: empty for the collection, else `/{id}`.
+    pub rest: &'a str,
+    pub body: &'a [u8],
+    pub principal: Option<&'a str>,
+    pub idempotency_key: Option<&'a str>,
+    /// The absolute URL of `/jobs` as the caller reached it (stage prefix included).
+    pub jobs_url: &'a str,
+}
+
+pub struct JobsApi {
+    pub store: Arc<dyn JobStore>,
+    pub queue: Arc<dyn JobQueue>,
+    pub storage: Arc<dyn Storage>,
+    pub max_tracks: usize,
+    pub ttl: Duration,
+    pub presign_expiry: Duration,
+    pub cors: Cors,
+}
+
+#[derive(Serialize)]
+struct TrackView<'a> {
+    id: &'a str,
+    title: &'a str,
+    artist: &'a str,
+    state: TrackState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+}
+
+/// Where the path names a job: `Some(id)` for `/{id}`, `None` for the collection; `Err` for
+/// anything else (a malformed id is indistinguishable from an unknown one).
+fn job_path(rest: &str) -> Result<Option<&str>, ApiError> {
+    match rest.trim_end_matches('/') {
+        "" => Ok(None),
+        path => match path.strip_prefix('/') {
+            Some(id) if !id.contains('/') => Ok(Some(id)),
+            _ => Err(not_found()),
+        },
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::NotFound("No such job".into())
+}
+
+/// Printable ASCII, 1 to 128 characters.
+pub fn check_idempotency_key(key: &str) -> Result<(), ApiError> {
+    let ok = !key.is_empty()
+        && key.len() <= MAX_IDEMPOTENCY_KEY
+        && key.bytes().all(|b| (0x20..0x7f).contains(&b));
+    ok.then_some(()).ok_or_else(|| {
+        ApiError::validation(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} printable ASCII characters"
+        ))
+    })
+}
+
+impl JobsApi {
+    pub async fn handle(&self, method: &Method, request: &JobsRequest<'_>) -> Response<String> {
+        if *method == Method::OPTIONS {
+            return self.cors.preflight();
+        }
+        let result = match (method.clone(), job_path(request.rest)) {
+            (_, Err(e)) => Err(e),
+            (Method::POST, Ok(None)) => self.create(request).await,
+            (Method::GET, Ok(Some(id))) => self.show(id, request.principal).await,
+            (Method::DELETE, Ok(Some(id))) => self.cancel(id, request.principal).await,
+            (_, Ok(_)) => Err(ApiError::NotFound(format!(
+                "{method} is not supported here"
+            ))),
+        };
+        match result {
+            Ok(response) => response,
+            Err(err) => self.cors.error(&err),
+        }
+    }
+
+    fn principal<'a>(&self, principal: Option<&'a str>) -> Result<&'a str, ApiError> {
+        principal
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| ApiError::Auth("Jobs need an authenticated caller".into()))
+    }
+
+    async fn create(&self, request: &JobsRequest<'_>) -> Result<Response<String>, ApiError> {
+        let owner = self.principal(request.principal)?;
+        if let Some(key) = request.idempotency_key {
+            check_idempotency_key(key)?;
+        }
+        let parsed = parse_request(request.body, self.max_tracks)?;
+        let specs = parsed
+            .tracks
+            .into_iter()
+            .map(|t| TrackSpec {
+                id: t.id,
+                url: t.url,
+                title: t.title,
+                artist: t.artist,
+            })
+            .collect();
+        let job = Job::new(
+            new_job_id(),
+            owner.to_owned(),
+            specs,
+            unix_now(),
+            self.ttl.as_secs(),
+        );
+        let created = self
+            .store
+            .create(&job, request.idempotency_key)
+            .await
+            .map_err(ApiError::internal)?;
+        let job = match created {
+            Created::New => {
+                let message = JobMessage {
+                    job_id: job.id.clone(),
+                };
+                if let Err(e) = self.queue.send(&message).await {
+                    let outcome = Outcome {
+                        error: Some("The job could not be queued".into()),
+                        zip_key: None,
+                    };
+                    let _ = self
+                        .store
+                        .transition(&job.id, &[JobStatus::Queued], JobStatus::Failed, &outcome)
+                        .await;
+                    return Err(ApiError::internal(e));
+                }
+                tracing::info!(job = %job.id, tracks = job.tracks.len(), "job queued");
+                job
+            }
+            Created::Existing(id) => self
+                .store
+                .get(&id)
+                .await
+                .map_err(ApiError::internal)?
+                .ok_or_else(|| ApiError::internal("an idempotency key names a missing job"))?,
+        };
+        let status_url = format!("{}/{}", request.jobs_url.trim_end_matches('/'), job.id);
+        let body = json!({"data": {
+            "job_id": job.id,
+            "status": job.status,
+            "status_url": status_url,
+            "total": job.tracks.len(),
+        }});
+        let mut response = self.cors.json(202, &body);
+        if let Ok(location) = HeaderValue::from_str(&status_url) {
+            response.headers_mut().insert(header::LOCATION, location);
+        }
+        Ok(response)
+    }
+
+    /// The caller's job; another principal's, a malformed or an unknown id are all the same 404.
+    async fn find(&self, id: &str, principal: Option<&str>) -> Result<Job, ApiError> {
+        let owner = self.principal(principal)?;
+        if !is_job_id(id) {
+            return Err(not_found());
+        }
+        match self.store.get(id).await.map_err(ApiError::internal)? {
+            Some(job) if job.owner == owner => Ok(job),
+            _ => Err(not_found()),
+        }
+    }
+
+    async fn show(&self, id: &str, principal: Option<&str>) -> Result<Response<String>, ApiError> {
+        let job = self.find(id, principal).await?;
+        Ok(self.cors.ok(Some(self.view(&job).await?)))
+    }
+
+    async fn cancel(
+        &self,
+        id: &str,
+        principal: Option<&str>,
+    ) -> Result<Response<String>, ApiError> {
+        let job = self.find(id, principal).await?;
+        match job.status {
+            JobStatus::Cancelled => return Ok(self.cors.ok(Some(self.view(&job).await?))),
+            JobStatus::Done | JobStatus::Failed => {
+                return Err(ApiError::Conflict(format!(
+                    "The job is {} and can no longer be cancelled",
+                    job.status.as_str()
+                )))
+            }
+            JobStatus::Queued | JobStatus::Running => {}
+        }
+        let cancelled = self
+            .store
+            .transition(
+                id,
+                &[JobStatus::Queued, JobStatus::Running],
+                JobStatus::Cancelled,
+                &Outcome::default(),
+            )
+            .await
+            .map_err(ApiError::internal)?;
+        let job = self.find(id, principal).await?;
+        if !cancelled && job.status != JobStatus::Cancelled {
+            return Err(ApiError::Conflict(format!(
+                "The job is {} and can no longer be cancelled",
+                job.status.as_str()
+            )));
+        }
+        tracing::info!(job = id, "job cancelled");
+        Ok(self
+            .cors
+            .json(202, &json!({ "data": self.view(&job).await? })))
+    }
+
+    async fn view(&self, job: &Job) -> Result<serde_json::Value, ApiError> {
+        let tracks: Vec<TrackView> = job
+            .tracks
+            .iter()
+            .map(|t| TrackView {
+                id: &t.spec.id,
+                title: &t.spec.title,
+                artist: &t.spec.artist,
+                state: t.state,
+                error: t.error.as_deref(),
+            })
+            .collect();
+        let mut data = json!({
+            "job_id": job.id,
+            "status": job.status,
+            "total": job.tracks.len(),
+            "done": job.done_count(),
+            "failed_count": job.failed_count(),
+            "settled": job.settled_count(),
+            "created_at": rfc3339(job.created_at),
+            "updated_at": rfc3339(job.updated_at),
+            "tracks": tracks,
+        });
+        if let Some(error) = &job.error {
+            data["error"] = json!(error);
+        }
+        if let (JobStatus::Done, Some(key)) = (job.status, &job.zip_key) {
+            let url = self
+                .storage
+                .presign_get(key, self.presign_expiry)
+                .await
+                .map_err(ApiError::internal)?;
+            data["download_url"] = json!(url);
+            data["expires_in"] = json!(self.presign_expiry.as_secs());
+        }
+        Ok(data)
+    }
+}
+
+fn rfc3339(unix: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        assert_eq!(job_path("").unwrap(), None);
+        assert_eq!(job_path("/").unwrap(), None);
+        assert_eq!(job_path("/abc").unwrap(), Some("abc"));
+        assert_eq!(job_path("/abc/").unwrap(), Some("abc"));
+        assert!(job_path("/abc/def").is_err());
+        assert!(job_path("abc").is_err());
+    }
+
+    #[test]
+    fn idempotency_keys() {
+        assert!(check_idempotency_key("order-42").is_ok());
+        assert!(check_idempotency_key(&"k".repeat(128)).is_ok());
+        assert!(check_idempotency_key(&"k".repeat(129)).is_err());
+        assert!(check_idempotency_key("").is_err());
+        assert!(check_idempotency_key("tab\there").is_err());
+        assert!(check_idempotency_key("ключ").is_err());
+    }
+}

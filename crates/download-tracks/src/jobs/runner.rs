@@ -1,0 +1,444 @@
+//! Runs one download job: fetches its unsettled tracks (`concurrency` at a time), stores each
+//! finished MP3 as its own object with its size and CRC-32, records every track's state as it
+//! changes, then streams the stored objects in request order into the STORED zip and marks the
+//! job done. Safe to run again on the same job (a redelivered message, a restart): stored tracks
+//! are skipped and a finished job is left alone.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use xomcloud_common::storage::{ObjectMeta, PartWriter, Storage, StorageError, MIN_PART_SIZE};
+use xomcloud_jobs::model::{Job, JobStatus, Outcome, TrackState, TrackUpdate};
+use xomcloud_jobs::store::{JobStore, StoreError};
+
+use crate::naming::assign_names;
+use crate::pipeline::object_key;
+use crate::scdl::{FetchError, TrackFetcher};
+use crate::validate::Track;
+use crate::zip_stream::{Checked, ZipStream};
+
+/// Where a job keeps its finished tracks until the zip is written.
+pub fn track_prefix(job_id: &str) -> String {
+    format!("jobs/{job_id}/")
+}
+
+fn track_key(job_id: &str, index: usize) -> String {
+    format!("{}{index:05}.mp3", track_prefix(job_id))
+}
+
+/// A run's temp dir, named after the job: a run after a crash removes what the crashed one
+/// left, and every run removes its own when it ends.
+struct JobTemp(PathBuf);
+
+impl JobTemp {
+    fn create(path: PathBuf) -> std::io::Result<Self> {
+        match std::fs::remove_dir_all(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for JobTemp {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(error = %e, "could not remove a job's temp dir");
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunOutcome {
+    /// The job is final (done, failed, cancelled), or was already, or is gone.
+    Settled(Option<JobStatus>),
+    /// Time ran short: tracks are left; run the job again (the next run skips stored tracks).
+    HandBack,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub struct JobRunner {
+    pub store: Arc<dyn JobStore>,
+    pub storage: Arc<dyn Storage>,
+    pub concurrency: usize,
+    /// Each fetch's own limit: a run does not start a track it could not finish.
+    pub track_timeout: Duration,
+    pub retry_pause: Duration,
+    /// How often a running job's status is read, to see a cancellation.
+    pub poll_interval: Duration,
+    pub temp_root: PathBuf,
+    pub part_size: usize,
+}
+
+/// The reasons worth one more try: SoundCloud's rate limit, the network, a timeout.
+fn is_passing(reason: &FetchError) -> bool {
+    matches!(
+        reason,
+        FetchError::RateLimited | FetchError::Unreachable | FetchError::TimedOut(_)
+    )
+}
+
+fn track_of(job: &Job, index: usize) -> Track {
+    let spec = &job.tracks[index].spec;
+    Track {
+        id: spec.id.clone(),
+        url: spec.url.clone(),
+        title: spec.title.clone(),
+        artist: spec.artist.clone(),
+    }
+}
+
+impl JobRunner {
+    pub fn new(
+        store: Arc<dyn JobStore>,
+        storage: Arc<dyn Storage>,
+        concurrency: usize,
+        track_timeout: Duration,
+        retry_pause: Duration,
+    ) -> Self {
+        Self {
+            store,
+            storage,
+            concurrency: concurrency.max(1),
+            track_timeout,
+            retry_pause,
+            poll_interval: Duration::from_secs(1),
+            temp_root: std::env::temp_dir(),
+            part_size: MIN_PART_SIZE,
+        }
+    }
+
+    /// Runs `job_id` until it is final, or until `deadline` leaves no room for one more track.
+    pub async fn run(
+        &self,
+        job_id: &str,
+        fetcher: Arc<dyn TrackFetcher>,
+        deadline: Option<Instant>,
+    ) -> Result<RunOutcome, RunError> {
+        let Some(job) = self.store.get(job_id).await? else {
+            tracing::warn!(job = job_id, "no such job");
+            return Ok(RunOutcome::Settled(None));
+        };
+        if job.status.is_final() {
+            tracing::info!(job = job_id, status = job.status.as_str(), "already final");
+            return Ok(RunOutcome::Settled(Some(job.status)));
+        }
+        let claimed = self
+            .store
+            .transition(
+                job_id,
+                &[JobStatus::Queued, JobStatus::Running],
+                JobStatus::Running,
+                &Outcome::default(),
+            )
+            .await?;
+        if !claimed {
+            return Ok(RunOutcome::Settled(self.store.status(job_id).await?));
+        }
+        let temp = JobTemp::create(self.temp_root.join(format!("xomcloud-job-{job_id}")))
+            .map_err(|e| RunError::Other(format!("temp dir: {e}")))?;
+        let mut tasks = JoinSet::new();
+        let fetched = tokio::select! {
+            result = self.fetch_all(&job, fetcher, temp.path().to_owned(), deadline, &mut tasks) => Some(result),
+            () = self.cancelled(job_id) => None,
+        };
+        // Whatever still runs is stopped and reaped (its process group killed) before the temp
+        // dir goes.
+        tasks.shutdown().await;
+        drop(temp);
+        match fetched {
+            None => return self.cancel_cleanup(job_id).await,
+            Some(Err(e)) => return Err(e),
+            Some(Ok(false)) => {
+                tracing::info!(job = job_id, "handing the job back: too little time left");
+                return Ok(RunOutcome::HandBack);
+            }
+            Some(Ok(true)) => {}
+        }
+        self.assemble(job_id).await
+    }
+
+    /// Resolves once the job's status reads `cancelled` (or the job is gone).
+    async fn cancelled(&self, job_id: &str) {
+        loop {
+            tokio::time::sleep(self.poll_interval).await;
+            match self.store.status(job_id).await {
+                Ok(Some(JobStatus::Cancelled) | None) => return,
+                Ok(Some(_)) => {}
+                Err(e) => tracing::warn!(job = job_id, error = %e, "cannot read the job's status"),
+            }
+        }
+    }
+
+    async fn cancel_cleanup(&self, job_id: &str) -> Result<RunOutcome, RunError> {
+        tracing::info!(job = job_id, "cancelled");
+        self.storage.delete_prefix(&track_prefix(job_id)).await?;
+        Ok(RunOutcome::Settled(Some(JobStatus::Cancelled)))
+    }
+
+    /// Fetches and stores every unsettled track; false when the deadline stopped it early.
+    async fn fetch_all(
+        &self,
+        job: &Job,
+        fetcher: Arc<dyn TrackFetcher>,
+        temp: PathBuf,
+        deadline: Option<Instant>,
+        tasks: &mut JoinSet<Result<(), RunError>>,
+    ) -> Result<bool, RunError> {
+        let slots = Arc::new(Semaphore::new(self.concurrency));
+        let mut complete = true;
+        let pending = job
+            .tracks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.state.is_settled())
+            .map(|(i, _)| i);
+        for index in pending {
+            let permit = slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("semaphore is never closed");
+            // A track started now must be able to finish, retry included, and leave about one
+            // more track timeout for the zip, before the deadline.
+            let needed = self.track_timeout * 3 + self.retry_pause;
+            if deadline.is_some_and(|d| d.saturating_duration_since(Instant::now()) < needed) {
+                complete = false;
+                break;
+            }
+            let work = TrackWork {
+                store: self.store.clone(),
+                storage: self.storage.clone(),
+                fetcher: fetcher.clone(),
+                job_id: job.id.clone(),
+                index,
+                url: job.tracks[index].spec.url.clone(),
+                dir: temp.join(index.to_string()),
+                retry_pause: self.retry_pause,
+            };
+            tasks.spawn(async move {
+                let result = work.run().await;
+                drop(permit);
+                result
+            });
+            // Surface a storage failure without waiting for every track.
+            while let Some(joined) = tasks.try_join_next() {
+                joined.map_err(|e| RunError::Other(format!("track task: {e}")))??;
+            }
+        }
+        while let Some(joined) = tasks.join_next().await {
+            joined.map_err(|e| RunError::Other(format!("track task: {e}")))??;
+        }
+        Ok(complete)
+    }
+
+    /// Every track is settled: the zip of the stored ones in request order, or `failed` when
+    /// none was fetched.
+    async fn assemble(&self, job_id: &str) -> Result<RunOutcome, RunError> {
+        let job = self
+            .store
+            .get(job_id)
+            .await?
+            .ok_or_else(|| RunError::Other("the job vanished".into()))?;
+        let total = job.tracks.len();
+        if job.done_count() == 0 {
+            let outcome = Outcome {
+                error: Some(format!("All {total} downloads failed")),
+                zip_key: None,
+            };
+            self.store
+                .transition(job_id, &[JobStatus::Running], JobStatus::Failed, &outcome)
+                .await?;
+            self.storage.delete_prefix(&track_prefix(job_id)).await?;
+            return Ok(RunOutcome::Settled(Some(JobStatus::Failed)));
+        }
+        let tracks: Vec<Track> = (0..total).map(|i| track_of(&job, i)).collect();
+        let names = assign_names(&tracks);
+        let owner = crate::validate::key_owner(Some(&job.owner), None);
+        let key = object_key(&owner, time::OffsetDateTime::now_utc());
+        let upload = self.storage.create_upload(&key).await?;
+        let mut sink = PartWriter::new(upload, self.part_size, self.concurrency);
+        let written = tokio::select! {
+            result = self.write_zip(&job, &names, &mut sink) => Some(result),
+            () = self.cancelled(job_id) => None,
+        };
+        if !matches!(written, Some(Ok(()))) {
+            if let Err(abort) = sink.abort().await {
+                tracing::warn!(error = %abort, "aborting the upload failed");
+            }
+            return match written {
+                Some(Err(e)) => Err(e),
+                _ => self.cancel_cleanup(job_id).await,
+            };
+        }
+        sink.finish().await?;
+        let outcome = Outcome {
+            error: None,
+            zip_key: Some(key),
+        };
+        let done = self
+            .store
+            .transition(job_id, &[JobStatus::Running], JobStatus::Done, &outcome)
+            .await?;
+        self.storage.delete_prefix(&track_prefix(job_id)).await?;
+        tracing::info!(
+            job = job_id,
+            done = job.done_count(),
+            failed = job.failed_count(),
+            "job finished"
+        );
+        Ok(RunOutcome::Settled(Some(if done {
+            JobStatus::Done
+        } else {
+            JobStatus::Cancelled
+        })))
+    }
+
+    async fn write_zip(
+        &self,
+        job: &Job,
+        names: &[String],
+        sink: &mut PartWriter,
+    ) -> Result<(), RunError> {
+        let mut zip = ZipStream::default();
+        for (index, track) in job.tracks.iter().enumerate() {
+            if track.state != TrackState::Done {
+                continue;
+            }
+            let (Some(size), Some(crc)) = (track.size, track.crc32) else {
+                return Err(RunError::Other(format!(
+                    "track {index} is done without size/CRC"
+                )));
+            };
+            sink.write(&zip.begin_entry(&names[index], size, crc))
+                .await?;
+            let mut reader = self.storage.open(&track_key(&job.id, index)).await?;
+            sink.copy_from(&mut reader, size).await?;
+        }
+        sink.write(&zip.finish()).await?;
+        Ok(())
+    }
+}
+
+/// One track of a job: fetch (one retry for a passing failure), store, record.
+struct TrackWork {
+    store: Arc<dyn JobStore>,
+    storage: Arc<dyn Storage>,
+    fetcher: Arc<dyn TrackFetcher>,
+    job_id: String,
+    index: usize,
+    url: String,
+    dir: PathBuf,
+    retry_pause: Duration,
+}
+
+impl TrackWork {
+    async fn record(&self, update: TrackUpdate) -> Result<(), RunError> {
+        self.store
+            .update_track(&self.job_id, self.index, &update)
+            .await?;
+        Ok(())
+    }
+
+    async fn run(self) -> Result<(), RunError> {
+        let mut attempts = 0;
+        let result = loop {
+            attempts += 1;
+            self.record(TrackUpdate {
+                state: TrackState::Downloading,
+                error: None,
+                size: None,
+                crc32: None,
+                attempts,
+            })
+            .await?;
+            let _ = tokio::fs::remove_dir_all(&self.dir).await;
+            match self.fetcher.fetch(&self.url, &self.dir).await {
+                Err(reason) if attempts == 1 && is_passing(&reason) => {
+                    tracing::info!(job = %self.job_id, track = self.index, error = %reason, "retrying after a pause");
+                    tokio::time::sleep(self.retry_pause).await;
+                }
+                other => break other,
+            }
+        };
+        let update = match result {
+            Ok(path) => match self.store_file(path).await {
+                Ok(meta) => TrackUpdate {
+                    state: TrackState::Done,
+                    error: None,
+                    size: Some(meta.size),
+                    crc32: Some(meta.crc32),
+                    attempts,
+                },
+                Err(StoreFileError::Read(e)) => {
+                    tracing::warn!(job = %self.job_id, track = self.index, error = %e, "cannot read the fetched file");
+                    TrackUpdate {
+                        state: TrackState::Failed,
+                        error: Some("The downloaded file could not be read".into()),
+                        size: None,
+                        crc32: None,
+                        attempts,
+                    }
+                }
+                Err(StoreFileError::Storage(e)) => {
+                    let _ = tokio::fs::remove_dir_all(&self.dir).await;
+                    return Err(e.into());
+                }
+            },
+            Err(reason) => TrackUpdate {
+                state: TrackState::Failed,
+                error: Some(reason.to_string()),
+                size: None,
+                crc32: None,
+                attempts,
+            },
+        };
+        if let Err(e) = tokio::fs::remove_dir_all(&self.dir).await {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(error = %e, "could not remove a track's temp dir");
+            }
+        }
+        tracing::info!(job = %self.job_id, track = self.index, state = ?update.state, "track settled");
+        self.record(update).await
+    }
+
+    async fn store_file(&self, path: PathBuf) -> Result<ObjectMeta, StoreFileError> {
+        let checked = Checked::file(path.clone())
+            .await
+            .map_err(StoreFileError::Read)?;
+        let meta = ObjectMeta {
+            size: checked.size,
+            crc32: checked.crc,
+        };
+        drop(checked);
+        self.storage
+            .put_file(&track_key(&self.job_id, self.index), &path, meta)
+            .await
+            .map_err(StoreFileError::Storage)?;
+        Ok(meta)
+    }
+}
+
+enum StoreFileError {
+    Read(std::io::Error),
+    Storage(StorageError),
+}

@@ -1,0 +1,72 @@
+//! `xomcloud serve`'s embedded jobs: records in SQLite (`$XOMCLOUD_DATA_DIR/jobs.db`), an
+//! in-process queue and `JOB_WORKERS` runners on this process's runtime. Queued and interrupted
+//! jobs are queued again at start-up; their stored tracks are skipped.
+
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+use xomcloud_common::config::Settings;
+use xomcloud_common::storage::Storage;
+use xomcloud_download_tracks::jobs::{JobsApi, RunOutcome};
+use xomcloud_download_tracks::service::DownloadService;
+use xomcloud_download_tracks::wiring;
+use xomcloud_jobs::model::{JobStatus, Outcome};
+use xomcloud_jobs::queue::{JobMessage, JobQueue, LocalQueue};
+use xomcloud_jobs::store::{JobStore, SqliteStore};
+
+pub async fn start(
+    settings: &Settings,
+    storage: Arc<dyn Storage>,
+    download: Arc<DownloadService>,
+) -> Result<JobsApi, String> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", settings.data_dir.display()))?;
+    let path = settings.data_dir.join("jobs.db");
+    let sqlite = SqliteStore::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let unfinished = sqlite.unfinished().await.map_err(|e| e.to_string())?;
+    let store: Arc<dyn JobStore> = Arc::new(sqlite);
+    let (queue, receiver) = LocalQueue::new();
+    let queue: Arc<dyn JobQueue> = Arc::new(queue);
+    let runner = Arc::new(wiring::runner(settings, store.clone(), storage.clone()));
+    let receiver = Arc::new(Mutex::new(receiver));
+    for _ in 0..settings.job_workers {
+        let (runner, receiver, download) = (runner.clone(), receiver.clone(), download.clone());
+        tokio::spawn(async move {
+            loop {
+                let Some(JobMessage { job_id }) = receiver.lock().await.recv().await else {
+                    return;
+                };
+                let fetcher = download.fetcher().await;
+                match runner.run(&job_id, fetcher, None).await {
+                    Ok(RunOutcome::Settled(status)) => {
+                        tracing::info!(job = %job_id, status = ?status, "run finished");
+                    }
+                    // No deadline here: a run is never handed back.
+                    Ok(RunOutcome::HandBack) => {}
+                    Err(e) => {
+                        tracing::error!(job = %job_id, error = %e, "job failed");
+                        let outcome = Outcome {
+                            error: Some("The job failed on the server; please try again".into()),
+                            zip_key: None,
+                        };
+                        let from = [JobStatus::Queued, JobStatus::Running];
+                        let _ = runner
+                            .store
+                            .transition(&job_id, &from, JobStatus::Failed, &outcome)
+                            .await;
+                    }
+                }
+            }
+        });
+    }
+    if !unfinished.is_empty() {
+        tracing::info!(jobs = unfinished.len(), "resuming unfinished jobs");
+    }
+    for job_id in unfinished {
+        queue
+            .send(&JobMessage { job_id })
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(wiring::jobs_api(settings, store, queue, storage))
+}

@@ -1,0 +1,814 @@
+//! Download jobs on the Lambda path, end to end: the compiled HTTP function and the jobs worker
+//! (the same binary, `_HANDLER=jobs-worker`) under Runtime API servers, moto serving DynamoDB and
+//! SQS, s3s-fs as S3, the scdl stub. The test plays the event source mapping: it receives from
+//! the moto queue, hands the worker a real SQS event, and deletes the message on success.
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::bins::workspace_bin;
+use support::moto::Moto;
+use support::runtime_api::{spawn_function, spawn_function_with_args, LambdaProcess, RuntimeApi};
+use support::s3::S3Server;
+
+const TABLE: &str = "xomcloud-jobs";
+const CLIENT_ID: &str = "jobs-e2e-client-id-7c1d";
+const ALICE: &str = "alice";
+const WORKER_TIME: Duration = Duration::from_secs(120);
+
+struct Harness {
+    moto: Moto,
+    s3: S3Server,
+    sqs: aws_sdk_sqs::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
+    queue_url: String,
+    queue_arn: String,
+    dlq_url: String,
+    dlq_arn: String,
+    http_runtime: RuntimeApi,
+    _http: LambdaProcess,
+    worker_runtime: RuntimeApi,
+    worker: Option<LambdaProcess>,
+    env: Vec<(String, String)>,
+    tmp: tempfile::TempDir,
+    stub_log: PathBuf,
+    _work: tempfile::TempDir,
+}
+
+async fn queue(sqs: &aws_sdk_sqs::Client, name: &str, redrive: Option<&str>) -> (String, String) {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let mut create = sqs.create_queue().queue_name(name);
+    if let Some(dlq_arn) = redrive {
+        create = create.attributes(
+            A::RedrivePolicy,
+            json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "3"}).to_string(),
+        );
+    }
+    let url = create.send().await.unwrap().queue_url.unwrap();
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(&url)
+        .attribute_names(A::QueueArn)
+        .send()
+        .await
+        .unwrap();
+    let arn = attrs.attributes.unwrap()[&A::QueueArn].clone();
+    (url, arn)
+}
+
+impl Harness {
+    async fn start(extra: &[(&str, &str)]) -> Self {
+        let moto = Moto::start();
+        let s3 = S3Server::start().await;
+        let dynamodb = moto.dynamodb_client().await;
+        xomcloud_jobs::store::dynamodb::create_table(&dynamodb, TABLE)
+            .await
+            .unwrap();
+        let sqs = moto.sqs_client().await;
+        let (dlq_url, dlq_arn) = queue(&sqs, "xomcloud-jobs-dlq", None).await;
+        let (queue_url, queue_arn) = queue(&sqs, "xomcloud-jobs", Some(&dlq_arn)).await;
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let stub_log = work.path().join("scdl.log");
+        let mut env = s3.env();
+        env.extend(support::stub::stub_env());
+        for (k, v) in [
+            ("AWS_ENDPOINT_URL_DYNAMODB", moto.endpoint().as_str()),
+            ("AWS_ENDPOINT_URL_SQS", moto.endpoint().as_str()),
+            ("AWS_ENDPOINT_URL_SSM", "http://127.0.0.1:9"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("JOBS_TABLE", TABLE),
+            ("JOBS_QUEUE_URL", queue_url.as_str()),
+            ("JOBS_DLQ_ARN", dlq_arn.as_str()),
+            ("SOUNDCLOUD_CLIENT_ID", CLIENT_ID),
+            ("SCDL_BIN", support::stub::stub_scdl().to_str().unwrap()),
+            ("SCDL_STUB_LOG", stub_log.to_str().unwrap()),
+            ("SCDL_STUB_SIZE", "100000"),
+            ("SCDL_STUB_DELAY", "0.3"),
+            ("TMPDIR", tmp.path().to_str().unwrap()),
+            ("TRACK_TIMEOUT_SECONDS", "3"),
+            ("TRACK_RETRY_PAUSE_SECONDS", "0"),
+        ]
+        .iter()
+        .chain(extra)
+        {
+            env.push((k.to_string(), v.to_string()));
+        }
+        let bin = workspace_bin("xomcloud-download-tracks");
+        let http_runtime = RuntimeApi::start().await;
+        let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let http = spawn_function(&bin, &http_runtime, &refs);
+        let worker_runtime = RuntimeApi::start().await;
+        let mut harness = Self {
+            moto,
+            s3,
+            sqs,
+            dynamodb,
+            queue_url,
+            queue_arn,
+            dlq_url,
+            dlq_arn,
+            http_runtime,
+            _http: http,
+            worker_runtime,
+            worker: None,
+            env,
+            tmp,
+            stub_log,
+            _work: work,
+        };
+        harness.start_worker(&[]);
+        harness
+    }
+
+    /// (Re)starts the worker process with the harness's environment plus `extra`.
+    fn start_worker(&mut self, extra: &[(&str, &str)]) {
+        self.worker = None;
+        let mut refs: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        refs.push(("_HANDLER", "jobs-worker"));
+        refs.extend_from_slice(extra);
+        let bin = workspace_bin("xomcloud-download-tracks");
+        self.worker = Some(spawn_function_with_args(
+            &bin,
+            &["jobs-worker"],
+            &self.worker_runtime,
+            &refs,
+        ));
+    }
+
+    fn worker_logs(&self) -> String {
+        self.worker.as_ref().map(|w| w.logs()).unwrap_or_default()
+    }
+
+    /// A REST v1 proxy event for `method path` on stage `prod`, from `principal`.
+    fn event(method: &str, path: &str, body: Option<&Value>, principal: &str) -> Value {
+        let text =
+            include_str!("fixtures/download/rest-v1.json").replace("__PRINCIPAL__", principal);
+        let mut event: Value = serde_json::from_str(&text).unwrap();
+        let resource = if path == "/jobs" {
+            "/jobs"
+        } else {
+            "/jobs/{id}"
+        };
+        event["resource"] = json!(resource);
+        event["path"] = json!(path);
+        event["httpMethod"] = json!(method);
+        event["requestContext"]["httpMethod"] = json!(method);
+        event["requestContext"]["resourcePath"] = json!(resource);
+        event["requestContext"]["path"] = json!(format!("/prod{path}"));
+        event["body"] = body.map_or(Value::Null, |b| json!(b.to_string()));
+        event
+    }
+
+    async fn call(&self, event: Value) -> (u16, Value, Value) {
+        let answer = self.http_runtime.invoke(event).await.response();
+        let status = answer["statusCode"].as_u64().unwrap() as u16;
+        let body = answer["body"].as_str().unwrap_or("");
+        let body = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(body).unwrap()
+        };
+        let mut headers = serde_json::Map::new();
+        for field in ["multiValueHeaders", "headers"] {
+            if let Some(map) = answer[field].as_object() {
+                for (k, v) in map {
+                    let v = if v.is_array() {
+                        v[0].clone()
+                    } else {
+                        v.clone()
+                    };
+                    headers.insert(k.to_lowercase(), v);
+                }
+            }
+        }
+        (status, body, Value::Object(headers))
+    }
+
+    async fn post(&self, body: &Value, principal: &str, key: Option<&str>) -> (u16, Value, Value) {
+        let mut event = Self::event("POST", "/jobs", Some(body), principal);
+        if let Some(key) = key {
+            event["headers"]["Idempotency-Key"] = json!(key);
+        }
+        self.call(event).await
+    }
+
+    async fn get(&self, id: &str, principal: &str) -> (u16, Value) {
+        let (status, body, _) = self
+            .call(Self::event("GET", &format!("/jobs/{id}"), None, principal))
+            .await;
+        (status, body)
+    }
+
+    async fn delete(&self, id: &str, principal: &str) -> (u16, Value) {
+        let (status, body, _) = self
+            .call(Self::event(
+                "DELETE",
+                &format!("/jobs/{id}"),
+                None,
+                principal,
+            ))
+            .await;
+        (status, body)
+    }
+
+    /// Creates a job for `tracks` and returns its id.
+    async fn create(&self, tracks: &[Value]) -> String {
+        let (status, body, _) = self.post(&json!({ "tracks": tracks }), ALICE, None).await;
+        assert_eq!(status, 202, "{body}");
+        body["data"]["job_id"].as_str().unwrap().to_owned()
+    }
+
+    async fn receive(&self, queue_url: &str) -> Option<aws_sdk_sqs::types::Message> {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(1)
+            .wait_time_seconds(1)
+            .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        out.messages.unwrap_or_default().into_iter().next()
+    }
+
+    /// The event source mapping's SQS event for one received message.
+    fn sqs_event(&self, message: &aws_sdk_sqs::types::Message, source_arn: &str) -> Value {
+        let mut event: Value =
+            serde_json::from_str(include_str!("fixtures/jobs/sqs-event.json")).unwrap();
+        let record = &mut event["Records"][0];
+        record["messageId"] = json!(message.message_id());
+        record["receiptHandle"] = json!(message.receipt_handle());
+        record["body"] = json!(message.body());
+        record["md5OfBody"] = json!(message.md5_of_body());
+        record["eventSourceARN"] = json!(source_arn);
+        record["awsRegion"] = json!("us-east-1");
+        record["messageAttributes"] = json!({});
+        let count = message
+            .attributes()
+            .and_then(|a| {
+                a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+            })
+            .cloned()
+            .unwrap_or_else(|| "1".into());
+        record["attributes"]["ApproximateReceiveCount"] = json!(count);
+        event
+    }
+
+    /// Hands one message to the worker; deletes it when the worker reports no failure, makes it
+    /// visible again at once otherwise. The worker's answer.
+    async fn deliver(
+        &self,
+        message: &aws_sdk_sqs::types::Message,
+        queue_url: &str,
+        source_arn: &str,
+        time_limit: Duration,
+    ) -> Value {
+        let event = self.sqs_event(message, source_arn);
+        let answer = self
+            .worker_runtime
+            .invoke_with_time_limit(event, WORKER_TIME, time_limit)
+            .await
+            .response();
+        self.settle(message, queue_url, &answer).await;
+        answer
+    }
+
+    async fn settle(&self, message: &aws_sdk_sqs::types::Message, queue_url: &str, answer: &Value) {
+        let failed = answer["batchItemFailures"]
+            .as_array()
+            .is_some_and(|f| !f.is_empty());
+        let handle = message.receipt_handle().unwrap();
+        if failed {
+            self.sqs
+                .change_message_visibility()
+                .queue_url(queue_url)
+                .receipt_handle(handle)
+                .visibility_timeout(0)
+                .send()
+                .await
+                .unwrap();
+        } else {
+            self.sqs
+                .delete_message()
+                .queue_url(queue_url)
+                .receipt_handle(handle)
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Plays the event source mapping until the queue is empty; the number of deliveries.
+    async fn drain(&self, time_limit: Duration) -> usize {
+        let mut delivered = 0;
+        while let Some(message) = self.receive(&self.queue_url).await {
+            self.deliver(&message, &self.queue_url, &self.queue_arn, time_limit)
+                .await;
+            delivered += 1;
+            assert!(delivered < 50, "the queue never empties");
+        }
+        delivered
+    }
+
+    fn scdl_runs(&self) -> Vec<String> {
+        support::stub::logged_urls(&self.stub_log)
+    }
+
+    fn stub_pgids(&self) -> Vec<i64> {
+        support::stub::logged_pgids(&self.stub_log)
+    }
+
+    fn temp_is_empty(&self) -> bool {
+        std::fs::read_dir(self.tmp.path()).unwrap().next().is_none()
+    }
+
+    fn job_objects(&self) -> Vec<String> {
+        self.s3
+            .objects()
+            .into_iter()
+            .filter(|k| k.starts_with("jobs/"))
+            .collect()
+    }
+
+    async fn items(&self) -> i32 {
+        self.dynamodb
+            .scan()
+            .table_name(TABLE)
+            .send()
+            .await
+            .unwrap()
+            .count
+    }
+}
+
+fn track(i: usize, slug: &str) -> Value {
+    json!({"id": format!("t{i}"), "url": format!("https://soundcloud.com/stub/{slug}-{i}"),
+           "title": format!("Song {i}"), "artist": "Stub"})
+}
+
+async fn fetch_zip(url: &str) -> Vec<(String, Vec<u8>)> {
+    let response = reqwest::get(url).await.unwrap();
+    assert_eq!(response.status(), 200, "{url}");
+    support::zips::entries(&response.bytes().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_runs_with_progress_and_zips_exactly_its_successful_tracks() {
+    let h = Harness::start(&[]).await;
+    let tracks: Vec<Value> = (0..12)
+        .map(|i| match i {
+            4 => track(i, "notfound"),
+            9 => track(i, "geo"),
+            _ => track(i, "bench"),
+        })
+        .collect();
+    let (status, body, headers) = h.post(&json!({ "tracks": tracks }), ALICE, None).await;
+    assert_eq!(status, 202, "{body}");
+    let data = &body["data"];
+    let id = data["job_id"].as_str().unwrap().to_owned();
+    assert_eq!(id.len(), 32);
+    assert_eq!(data["status"], "queued");
+    assert_eq!(data["total"], 12);
+    let status_url =
+        format!("https://abcdef123.execute-api.us-east-1.amazonaws.com/prod/jobs/{id}");
+    assert_eq!(data["status_url"], status_url.as_str());
+    assert_eq!(headers["location"], status_url.as_str());
+    assert_eq!(headers["access-control-expose-headers"], "Location");
+
+    let (status, queued) = h.get(&id, ALICE).await;
+    assert_eq!(
+        (status, queued["data"]["status"].clone()),
+        (200, json!("queued"))
+    );
+
+    // The worker runs while the test polls: progress shows in between.
+    let message = h.receive(&h.queue_url).await.expect("the job's message");
+    let event = h.sqs_event(&message, &h.queue_arn);
+    let worker = h
+        .worker_runtime
+        .invoke_with_time_limit(event, WORKER_TIME, WORKER_TIME);
+    let poll = async {
+        let mut seen = Vec::new();
+        loop {
+            let (_, body) = h.get(&id, ALICE).await;
+            let d = &body["data"];
+            seen.push((
+                d["status"].as_str().unwrap().to_owned(),
+                d["settled"].as_u64().unwrap(),
+            ));
+            if d["status"] == "done" {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (answer, seen) = tokio::join!(worker, poll);
+    let answer = answer.response();
+    h.settle(&message, &h.queue_url, &answer).await;
+    assert_eq!(
+        answer["batchItemFailures"],
+        json!([]),
+        "{}",
+        h.worker_logs()
+    );
+    assert!(
+        seen.iter()
+            .any(|(s, n)| s == "running" && *n > 0 && *n < 12),
+        "no progress seen between queued and done: {seen:?}"
+    );
+
+    let (_, body) = h.get(&id, ALICE).await;
+    let d = &body["data"];
+    assert_eq!(
+        (
+            d["done"].clone(),
+            d["failed_count"].clone(),
+            d["settled"].clone()
+        ),
+        (json!(10), json!(2), json!(12))
+    );
+    assert_eq!(d["expires_in"], 3600);
+    let states: Vec<&str> = d["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states.iter().filter(|s| **s == "done").count(), 10);
+    assert_eq!(
+        d["tracks"][4]["error"],
+        "Track not found (deleted, private or a wrong URL)"
+    );
+    assert_eq!(d["tracks"][9]["error"], "Not available in your country");
+    assert!(d["tracks"][0].get("error").is_none());
+    let entries = fetch_zip(d["download_url"].as_str().unwrap()).await;
+    let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+    let expected: Vec<String> = (0..12)
+        .filter(|i| *i != 4 && *i != 9)
+        .map(|i| format!("Stub - Song {i}.mp3"))
+        .collect();
+    assert_eq!(names, expected);
+    assert!(entries.iter().all(|(_, bytes)| bytes.len() == 100_000));
+    // Each GET presigns again; the per-job objects are gone; nothing left in the temp dir.
+    assert!(h.job_objects().is_empty(), "{:?}", h.job_objects());
+    assert!(h.temp_is_empty());
+    assert_eq!(
+        h.scdl_runs().len(),
+        12,
+        "not found and geo-blocked are not retried"
+    );
+    // A redelivered message for a finished job does nothing.
+    h.sqs
+        .send_message()
+        .queue_url(&h.queue_url)
+        .message_body(json!({"job_id": id}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h.drain(WORKER_TIME).await, 1);
+    assert_eq!(h.scdl_runs().len(), 12);
+    let (_, again) = h.get(&id, ALICE).await;
+    assert_eq!(again["data"]["status"], "done");
+    // Another principal sees nothing; DELETE of a done job is a conflict.
+    let (status, other) = h.get(&id, "mallory").await;
+    assert_eq!(
+        (status, other["error"]["code"].clone()),
+        (404, json!("NOT_FOUND"))
+    );
+    let (status, other) = h.delete(&id, "mallory").await;
+    assert_eq!(status, 404, "{other}");
+    let (status, conflict) = h.delete(&id, ALICE).await;
+    assert_eq!(
+        (status, conflict["error"]["code"].clone()),
+        (409, json!("CONFLICT"))
+    );
+    assert!(!h.worker_logs().contains(CLIENT_ID));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_whose_tracks_all_fail_is_failed_and_passing_failures_are_retried_once() {
+    let h = Harness::start(&[]).await;
+    let id = h
+        .create(&[
+            track(0, "notfound"),
+            track(1, "ratelimit"),
+            track(2, "preview"),
+        ])
+        .await;
+    assert_eq!(h.drain(WORKER_TIME).await, 1);
+    let (_, body) = h.get(&id, ALICE).await;
+    let d = &body["data"];
+    assert_eq!(d["status"], "failed", "{body}");
+    assert_eq!(d["error"], "All 3 downloads failed");
+    assert_eq!(
+        d["tracks"][1]["error"],
+        "Rate limited by SoundCloud; try again later"
+    );
+    assert_eq!(
+        d["tracks"][2]["error"],
+        "Only a 30-second preview is available (SoundCloud Go+ track)"
+    );
+    assert!(d.get("download_url").is_none());
+    let runs = h.scdl_runs();
+    let count = |slug: &str| runs.iter().filter(|u| u.contains(slug)).count();
+    assert_eq!(
+        (count("notfound"), count("ratelimit"), count("preview")),
+        (1, 2, 1)
+    );
+    assert!(h.s3.objects().is_empty(), "{:?}", h.s3.objects());
+    assert!(h.temp_is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_worker_and_a_redelivered_message_make_one_correct_zip() {
+    let mut h = Harness::start(&[("SCDL_STUB_DELAY", "0.5")]).await;
+    let tracks: Vec<Value> = (0..12).map(|i| track(i, "bench")).collect();
+    let id = h.create(&tracks).await;
+    let message = h.receive(&h.queue_url).await.unwrap();
+    let event = h.sqs_event(&message, &h.queue_arn);
+    let runtime_invoke = h
+        .worker_runtime
+        .invoke_with_time_limit(event, WORKER_TIME, WORKER_TIME);
+    let invocation = async {
+        // Dies with the worker: the invocation is never answered.
+        let _ = tokio::time::timeout(Duration::from_secs(60), runtime_invoke).await;
+    };
+    let kill_after_progress = async {
+        loop {
+            let (_, body) = h.get(&id, ALICE).await;
+            if body["data"]["done"].as_u64().unwrap() >= 4 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        () = invocation => panic!("the worker finished before it could be killed"),
+        () = kill_after_progress => {}
+    }
+    let done_before: Vec<String> = {
+        let (_, body) = h.get(&id, ALICE).await;
+        body["data"]["tracks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["state"] == "done")
+            .map(|t| t["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    h.start_worker(&[]); // kills the old process first
+                         // Redelivery: the message becomes visible again.
+    h.sqs
+        .change_message_visibility()
+        .queue_url(&h.queue_url)
+        .receipt_handle(message.receipt_handle().unwrap())
+        .visibility_timeout(0)
+        .send()
+        .await
+        .unwrap();
+    assert!(h.drain(WORKER_TIME).await >= 1);
+    let (_, body) = h.get(&id, ALICE).await;
+    assert_eq!(
+        body["data"]["status"],
+        "done",
+        "{body}\n{}",
+        h.worker_logs()
+    );
+    let entries = fetch_zip(body["data"]["download_url"].as_str().unwrap()).await;
+    let names: Vec<String> = entries.into_iter().map(|(n, _)| n).collect();
+    let expected: Vec<String> = (0..12).map(|i| format!("Stub - Song {i}.mp3")).collect();
+    assert_eq!(names, expected);
+    // Tracks stored before the kill were not fetched again.
+    let runs = h.scdl_runs();
+    for id in &done_before {
+        let n: usize = id[1..].parse().unwrap();
+        let url = format!("https://soundcloud.com/stub/bench-{n}");
+        assert_eq!(
+            runs.iter().filter(|u| **u == url).count(),
+            1,
+            "{url} fetched again"
+        );
+    }
+    let zips: Vec<String> =
+        h.s3.objects()
+            .into_iter()
+            .filter(|k| k.ends_with(".zip"))
+            .collect();
+    assert_eq!(zips.len(), 1, "{zips:?}");
+    assert!(h.job_objects().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_short_of_time_hands_the_job_back_and_it_completes() {
+    let h = Harness::start(&[
+        ("TRACK_TIMEOUT_SECONDS", "2"),
+        ("SCDL_STUB_DELAY", "1"),
+        ("DOWNLOAD_CONCURRENCY", "2"),
+    ])
+    .await;
+    let tracks: Vec<Value> = (0..12).map(|i| track(i, "bench")).collect();
+    let id = h.create(&tracks).await;
+    // 9 s per invocation, 6 s needed to start a track (3 × the track timeout), 2 tracks of 1 s
+    // at a time: an invocation fetches a few rounds, then puts the job back on the queue.
+    let deliveries = h.drain(Duration::from_secs(9)).await;
+    assert!(
+        deliveries >= 2,
+        "no hand-back happened ({deliveries} deliveries)"
+    );
+    assert!(h.worker_logs().contains("handing the job back"));
+    let (_, body) = h.get(&id, ALICE).await;
+    assert_eq!(body["data"]["status"], "done", "{body}");
+    let entries = fetch_zip(body["data"]["download_url"].as_str().unwrap()).await;
+    assert_eq!(entries.len(), 12);
+    assert_eq!(h.scdl_runs().len(), 12, "every track fetched exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_poison_message_ends_in_the_dead_letter_queue_and_the_job_fails() {
+    let mut h = Harness::start(&[]).await;
+    let id = h.create(&[track(0, "bench"), track(1, "bench")]).await;
+    // A worker whose S3 is unreachable fails every run.
+    h.start_worker(&[("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")]);
+    let mut failures = 0;
+    while let Some(message) = h.receive(&h.queue_url).await {
+        let answer = h
+            .deliver(&message, &h.queue_url, &h.queue_arn, WORKER_TIME)
+            .await;
+        assert_eq!(
+            answer["batchItemFailures"][0]["itemIdentifier"],
+            json!(message.message_id())
+        );
+        failures += 1;
+        assert!(failures <= 3, "maxReceiveCount is 3");
+    }
+    assert_eq!(failures, 3);
+    let (_, body) = h.get(&id, ALICE).await;
+    assert_eq!(body["data"]["status"], "running");
+    // The dead-letter queue's mapping: the job is marked failed, with a reason.
+    h.start_worker(&[]);
+    let dead = h
+        .receive(&h.dlq_url)
+        .await
+        .expect("the message in the dead-letter queue");
+    let answer = h.deliver(&dead, &h.dlq_url, &h.dlq_arn, WORKER_TIME).await;
+    assert_eq!(answer["batchItemFailures"], json!([]));
+    let (_, body) = h.get(&id, ALICE).await;
+    assert_eq!(body["data"]["status"], "failed", "{body}");
+    assert!(body["data"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("failed repeatedly"));
+    assert!(h.job_objects().is_empty());
+    assert!(h.temp_is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_kills_the_process_groups_aborts_uploads_and_cleans_up() {
+    let h = Harness::start(&[("SCDL_STUB_DELAY", "30"), ("TRACK_TIMEOUT_SECONDS", "60")]).await;
+    let tracks: Vec<Value> = (0..6).map(|i| track(i, "bench")).collect();
+    let id = h.create(&tracks).await;
+    let message = h.receive(&h.queue_url).await.unwrap();
+    let event = h.sqs_event(&message, &h.queue_arn);
+    // Room for 3 × the 60 s track timeout: the worker starts tracks.
+    let time_limit = Duration::from_secs(600);
+    let worker = h
+        .worker_runtime
+        .invoke_with_time_limit(event, WORKER_TIME, time_limit);
+    let cancel = async {
+        // Wait for four scdl processes, then cancel.
+        while h.stub_pgids().len() < 4 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (status, body) = h.delete(&id, ALICE).await;
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["data"]["status"], "cancelled");
+        Instant::now()
+    };
+    let (answer, cancelled_at) = tokio::join!(worker, cancel);
+    let answer = answer.response();
+    // Seen at once, not when the stub's 30 s are over.
+    assert!(cancelled_at.elapsed() < Duration::from_secs(20));
+    h.settle(&message, &h.queue_url, &answer).await;
+    assert_eq!(
+        answer["batchItemFailures"],
+        json!([]),
+        "{}",
+        h.worker_logs()
+    );
+    let pgids = h.stub_pgids();
+    assert_eq!(
+        pgids.len(),
+        4,
+        "no new track started after the cancellation"
+    );
+    for pgid in pgids {
+        assert!(
+            !support::stub::group_alive(pgid),
+            "process group {pgid} survived the cancellation"
+        );
+    }
+    assert!(h.s3.pending_uploads().is_empty());
+    assert!(h.job_objects().is_empty());
+    assert!(h.temp_is_empty());
+    let (status, body) = h.get(&id, ALICE).await;
+    assert_eq!(
+        (status, body["data"]["status"].clone()),
+        (200, json!("cancelled"))
+    );
+    let (status, _) = h.delete(&id, ALICE).await;
+    assert_eq!(status, 200, "cancelling a cancelled job answers 200");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idempotency_keys_principals_and_bad_input() {
+    let h = Harness::start(&[]).await;
+    let body = json!({"tracks": [track(0, "bench")]});
+    let (s1, first, _) = h.post(&body, ALICE, Some("order-42")).await;
+    let (s2, second, _) = h.post(&body, ALICE, Some("order-42")).await;
+    assert_eq!((s1, s2), (202, 202));
+    assert_eq!(first["data"]["job_id"], second["data"]["job_id"]);
+    let (_, other, _) = h.post(&body, "bob", Some("order-42")).await;
+    assert_ne!(
+        other["data"]["job_id"], first["data"]["job_id"],
+        "keys are per principal"
+    );
+    let items_before = h.items().await;
+
+    // Bad input: 4xx with the envelope, nothing stored, nothing queued, nothing spawned.
+    let too_many: Vec<Value> = (0..201).map(|i| track(i, "ok")).collect();
+    let cases: Vec<(Value, Option<String>, &str)> = vec![
+        (json!({ "tracks": too_many }), None, "at most 200 tracks"),
+        (
+            json!({"tracks": [{"id": "../etc", "url": "https://soundcloud.com/a/b"}]}),
+            None,
+            "tracks[0].id",
+        ),
+        (
+            json!({"tracks": [{"id": "1", "url": "https://evil.example/a"}]}),
+            None,
+            "tracks[0].url",
+        ),
+        (json!({"tracks": []}), None, "must not be empty"),
+        (body.clone(), Some("k".repeat(129)), "Idempotency-Key"),
+        (body.clone(), Some("tab\tkey".into()), "Idempotency-Key"),
+    ];
+    for (payload, key, words) in cases {
+        let (status, answer, _) = h.post(&payload, ALICE, key.as_deref()).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["code"], "VALIDATION_ERROR");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(words), "{message}");
+    }
+    // No principal: 401.
+    let mut anonymous = Harness::event("POST", "/jobs", Some(&body), "x");
+    anonymous["requestContext"]["authorizer"] = json!({});
+    let (status, answer, _) = h.call(anonymous).await;
+    assert_eq!(
+        (status, answer["error"]["code"].clone()),
+        (401, json!("AUTH_ERROR"))
+    );
+    // Odd job ids: the same 404.
+    for odd in [
+        "abc",
+        "ABCDEF0123456789ABCDEF0123456789",
+        "0123456789abcdef0123456789abcdef0",
+        "%2e%2e",
+        "a/b",
+    ] {
+        let (status, answer) = h.get(odd, ALICE).await;
+        assert_eq!(
+            (status, answer["error"]["code"].clone()),
+            (404, json!("NOT_FOUND")),
+            "{odd}"
+        );
+    }
+    let unknown = "0123456789abcdef0123456789abcdef";
+    assert_eq!(h.get(unknown, ALICE).await.0, 404);
+    assert_eq!(h.delete(unknown, ALICE).await.0, 404);
+    assert_eq!(h.items().await, items_before, "bad input stored nothing");
+    assert!(h.scdl_runs().is_empty(), "nothing was spawned");
+    // Three accepted creations (one repeated): two messages.
+    let mut queued = HashMap::new();
+    while let Some(m) = h.receive(&h.queue_url).await {
+        *queued.entry(m.body().unwrap().to_owned()).or_insert(0) += 1;
+        h.sqs
+            .delete_message()
+            .queue_url(&h.queue_url)
+            .receipt_handle(m.receipt_handle().unwrap())
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(queued.len(), 2, "{queued:?}");
+    let _ = &h.moto;
+}
