@@ -7,4 +7,6 @@ scripts/setup.sh --test
 # them): build them first.
 cargo build --workspace --bins
 cargo build --release -p xomcloud-authorizer -p xomcloud-download-tracks --bins
+# Lints every target, benches included (nothing else builds them).
+cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace "$@"

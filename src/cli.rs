@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use xomcloud_common::config::{ConfigError, Settings};
+use xomcloud_common::config::{ConfigError, Secret, Settings, DEFAULT_SSM_PREFIX};
 
 #[derive(Parser)]
 #[command(
@@ -78,13 +78,27 @@ pub fn settings() -> Result<Settings, String> {
 pub fn api_secret() -> Result<String, String> {
     match std::env::var("API_SECRET_KEY") {
         Ok(s) if !s.trim().is_empty() => Ok(s),
-        _ => Err(ConfigError::MissingSecret {
-            secret: "API_SECRET_KEY",
-            parameter: "/xomcloud/api/API_SECRET_KEY".into(),
+        _ => {
+            // The parameter the deployment reads, under its SSM_PREFIX (as Settings reads it).
+            let prefix = std::env::var("SSM_PREFIX")
+                .ok()
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| DEFAULT_SSM_PREFIX.into());
+            Err(missing_api_secret(&prefix))
         }
-        .to_string()
-            + " (for the deployed API: export API_SECRET_KEY=\"$(aws ssm get-parameter --name /xomcloud/api/API_SECRET_KEY --with-decryption --query Parameter.Value --output text)\")"),
     }
+}
+
+fn missing_api_secret(prefix: &str) -> String {
+    let parameter = Secret::ApiSecretKey.parameter(prefix);
+    let missing = ConfigError::MissingSecret {
+        secret: "API_SECRET_KEY",
+        parameter: parameter.clone(),
+    };
+    format!(
+        "{missing} (for the deployed API: export API_SECRET_KEY=\"$(aws ssm get-parameter --name {parameter} --with-decryption --query Parameter.Value --output text)\")"
+    )
 }
 
 pub fn token(sub: &str, ttl: u64) -> Result<ExitCode, String> {
@@ -97,7 +111,21 @@ pub fn token(sub: &str, ttl: u64) -> Result<ExitCode, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_ttl;
+    use super::{missing_api_secret, parse_ttl};
+
+    #[test]
+    fn the_missing_secret_message_names_the_configured_prefix() {
+        let message = missing_api_secret("/staging/xc");
+        assert!(
+            message.contains("SSM parameter /staging/xc/api/API_SECRET_KEY"),
+            "{message}"
+        );
+        assert!(
+            message.contains("--name /staging/xc/api/API_SECRET_KEY "),
+            "{message}"
+        );
+        assert!(!message.contains("/xomcloud"), "{message}");
+    }
 
     #[test]
     fn ttls() {

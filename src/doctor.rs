@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::process::ExitCode;
 
+use xomcloud_common::config::{ConfigError, EnvSecrets, Secret, Secrets};
 use xomcloud_common::logging::mask;
 
 async fn version(program: &Path, flag: &str) -> Option<String> {
@@ -52,10 +53,21 @@ pub async fn run() -> Result<ExitCode, String> {
         }
     );
     println!("API_SECRET_KEY            {}", secret("API_SECRET_KEY"));
-    println!(
-        "SOUNDCLOUD_CLIENT_ID      {}",
-        secret("SOUNDCLOUD_CLIENT_ID")
-    );
+    // Resolved as `serve`/`download` resolve it: only "not set" is a quiet fallback.
+    let secrets = Secrets::new(&s.ssm_prefix).source(EnvSecrets::from_env());
+    match secrets.get(Secret::SoundcloudClientId).await {
+        Ok(id) => println!("SOUNDCLOUD_CLIENT_ID      {}", mask(&id)),
+        Err(ConfigError::MissingSecret { .. }) => {
+            println!("SOUNDCLOUD_CLIENT_ID      (not set; scdl generates one)")
+        }
+        Err(err) => {
+            ok = false;
+            println!("PROBLEM  SOUNDCLOUD_CLIENT_ID is configured but unusable: {err}");
+            println!(
+                "         scdl would fall back to generating its own; fix the value or unset it"
+            );
+        }
+    }
     println!("MAX_TRACKS                {}", s.max_tracks);
     println!("DOWNLOAD_CONCURRENCY      {}", s.concurrency);
     println!("TRACK_TIMEOUT_SECONDS     {}", s.track_timeout.as_secs());

@@ -23,6 +23,24 @@ fn body(tracks: &[(&str, &str)]) -> String {
     json!({"tracks": tracks}).to_string()
 }
 
+/// `GET path` sent byte for byte over a plain TCP connection (no client-side normalisation):
+/// the status and the JSON body.
+fn raw_get(base: &str, path: &str) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let addr = base.strip_prefix("http://").unwrap();
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
 fn zip_names(bytes: &[u8]) -> Vec<String> {
     support::zips::entries(bytes)
         .into_iter()
@@ -110,19 +128,33 @@ async fn serve_checks_tokens_and_serves_signed_links() {
     assert_eq!(res.status(), 403);
     let v: Value = res.json().await.unwrap();
     assert_eq!(v["error"]["message"], "The link has expired");
-    // A path that tries to leave the data dir is refused too.
-    let res = client
-        .get(format!(
-            "{}/files/../secret?expires=9999999999&signature=00",
-            server.base
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        res.status() == 403 || res.status() == 404,
-        "{}",
-        res.status()
+    // A path that tries to leave the data dir is refused by the `/files` handler itself, even
+    // validly signed. Raw requests: an HTTP client would normalise the `..` away first.
+    std::fs::write(dir.path().join("secret"), "outside the data dir").unwrap();
+    let signer = LinkSigner::new(SECRET.as_bytes());
+    let far = 9_999_999_999;
+    for (path, key) in [
+        ("/files/..%2fsecret", "../secret"),
+        ("/files/a/../../secret", "a/../../secret"),
+        ("/files/..%2F..%2Fetc/passwd", "../../etc/passwd"),
+    ] {
+        let signature = signer.sign(key, far);
+        let (status, v) = raw_get(
+            &server.base,
+            &format!("{path}?expires={far}&signature={signature}"),
+        );
+        assert_eq!(status, 404, "{path}: {v}");
+        assert_eq!(v["error"]["code"], "NOT_FOUND", "{path}: {v}");
+        assert_eq!(v["error"]["message"], "No such file", "{path}: {v}");
+    }
+    let (status, v) = raw_get(
+        &server.base,
+        &format!("/files/..%2f..%2fetc/passwd?expires={far}&signature=00"),
+    );
+    assert_eq!(status, 403, "{v}");
+    assert_eq!(
+        v["error"]["message"], "The link signature is invalid",
+        "{v}"
     );
 
     // Preflight: exactly the production CORS headers, no token needed.
@@ -322,4 +354,17 @@ fn doctor_names_the_install_command_when_scdl_is_missing() {
         "secret shown: {stdout}"
     );
     assert!(stdout.contains("supe***ue"), "{stdout}");
+
+    // A client id that is set but blank is a finding, not "(not set)".
+    let out = xomcloud(dir.path())
+        .env("SOUNDCLOUD_CLIENT_ID", " ")
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("PROBLEM  SOUNDCLOUD_CLIENT_ID is configured but unusable: SOUNDCLOUD_CLIENT_ID is empty"),
+        "{stdout}"
+    );
 }

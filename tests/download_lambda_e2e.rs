@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 use serde_json::{json, Value};
 use support::bins::workspace_bin;
-use support::runtime_api::{spawn_function, LambdaProcess, RuntimeApi};
+use support::runtime_api::{proxy_headers, spawn_function, LambdaProcess, RuntimeApi};
 use support::s3::S3Server;
 
 const CLIENT_ID: &str = "test-client-id-5f3a9c";
@@ -38,6 +38,9 @@ async fn harness(extra: &[(&str, &str)]) -> Harness {
         ("SCDL_STUB_PIDS", pids.to_str().unwrap()),
         ("TMPDIR", tmp.path().to_str().unwrap()),
         ("SOUNDCLOUD_CLIENT_ID", CLIENT_ID),
+        // Credentials the Lambda holds and scdl must never see (AWS keys come from `s3.env()`).
+        ("SOUNDCLOUD_CLIENT_SECRET", "test-client-secret-0b7e"),
+        ("API_SECRET_KEY", "test-api-secret-9d2c"),
         ("TRACK_TIMEOUT_SECONDS", "3"),
         ("MAX_TRACKS", "12"),
         // Nothing may reach AWS: SSM points at a closed local port.
@@ -101,18 +104,7 @@ fn answer(response: Value) -> (u16, Value, Value) {
     } else {
         serde_json::from_str(body).unwrap()
     };
-    let mut headers = serde_json::Map::new();
-    if let Some(multi) = response["multiValueHeaders"].as_object() {
-        for (k, v) in multi {
-            headers.insert(k.to_lowercase(), v[0].clone());
-        }
-    }
-    if let Some(single) = response["headers"].as_object() {
-        for (k, v) in single {
-            headers.insert(k.to_lowercase(), v.clone());
-        }
-    }
-    (status, parsed, Value::Object(headers))
+    (status, parsed, proxy_headers(&response))
 }
 
 fn temp_is_empty(dir: &Path) -> bool {
@@ -290,10 +282,40 @@ async fn every_failure_shape_is_reported_per_track_and_the_link_works() {
     let line: Value = serde_json::from_str(finished).unwrap();
     assert_eq!(line["level"], "INFO");
     assert!(line.to_string().contains("requestId"), "{line}");
-    // Each scdl run had its own HOME inside the request's temp dir.
     let calls = std::fs::read_to_string(&h.stub_log).unwrap();
-    assert!(calls.contains(h.tmp.path().to_str().unwrap()), "{calls}");
     assert!(calls.contains("--client-id"), "{calls}");
+    let runs: Vec<Value> = calls
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(runs.len(), 11, "{calls}");
+    // No credential of the Lambda reached scdl (the stub lists the ones it saw).
+    for run in &runs {
+        assert_eq!(run["secret_env"], json!([]), "scdl saw credentials: {run}");
+    }
+    // Each scdl run had its own HOME/XDG dirs inside the request's temp dir (the recorded
+    // environment, not argv, which holds the temp path anyway).
+    let tmp = h.tmp.path().to_str().unwrap();
+    let process_home = std::env::var("HOME").unwrap_or_default();
+    for var in ["HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME"] {
+        let values: std::collections::HashSet<&str> = runs
+            .iter()
+            .map(|run| {
+                run[var]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{var} unset: {run}"))
+            })
+            .collect();
+        assert_eq!(
+            values.len(),
+            runs.len(),
+            "{var} shared between runs: {calls}"
+        );
+        for value in values {
+            assert!(value.starts_with(tmp), "{var}={value} outside {tmp}");
+            assert_ne!(value, process_home, "{var} is the process's HOME");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -459,5 +481,31 @@ async fn preflight_answers_cors() {
     assert_eq!(
         headers["access-control-allow-headers"],
         "Authorization,Content-Type,X-Amz-Date,X-Amz-Security-Token,X-Api-Key,Origin,Accept,Access-Control-Allow-Origin,Accept-Language,Idempotency-Key"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blank_client_id_is_an_error_in_the_logs_not_a_silent_fallback() {
+    let h = harness(&[("SOUNDCLOUD_CLIENT_ID", " ")]).await;
+    let body = json!({"tracks": [track("1", "ok-a", "A", "x")]}).to_string();
+    let outcome = h
+        .runtime
+        .invoke(event("rest-v1.json", &body, "alice", false))
+        .await;
+    let (status, parsed, _) = answer(outcome.response());
+    // The download still works (scdl generates an id), but the misconfiguration is an ERROR.
+    assert_eq!(status, 200, "{parsed}");
+    let calls = std::fs::read_to_string(&h.stub_log).unwrap();
+    assert!(!calls.contains("--client-id"), "{calls}");
+    let logs = h.lambda.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("client id is configured but unusable"))
+        .unwrap_or_else(|| panic!("no error line: {logs}"));
+    let line: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(line["level"], "ERROR", "{line}");
+    assert!(
+        line.to_string().contains("SOUNDCLOUD_CLIENT_ID is empty"),
+        "the cause is named: {line}"
     );
 }

@@ -20,6 +20,9 @@ use crate::zip_stream::{append_file, Checked, ZipStream};
 
 pub const ZIP_NAME: &str = "xomcloud-tracks.zip";
 
+/// A track's reason when its fetched file cannot be read back.
+pub const UNREADABLE: &str = "The downloaded file could not be read";
+
 /// A track's progress, observable from outside (CLI progress bars, a job status endpoint).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrackState {
@@ -236,9 +239,18 @@ impl Pipeline {
         while let Some(joined) = tasks.join_next().await {
             let ((i, dir, result), permit) =
                 joined.map_err(|e| ApiError::internal(format!("fetch task: {e}")))?;
+            // A fetched file that cannot be read fails its track only: nothing of it has been
+            // appended yet, so the others can still make a zip.
+            let result = match result {
+                Ok(Err(e)) => {
+                    tracing::warn!(track = i, error = %e, "the fetched file could not be read");
+                    Err(FetchError::Failed(UNREADABLE.into()))
+                }
+                Ok(Ok(file)) => Ok(file),
+                Err(reason) => Err(reason),
+            };
             match result {
                 Ok(file) => {
-                    let file = file.map_err(|e| ApiError::internal(format!("reading {e}")))?;
                     tracing::debug!(track = i, "fetched");
                     append_file(&mut zip, sink, &names[i], file)
                         .await
@@ -266,5 +278,71 @@ impl Pipeline {
                 .map_err(ApiError::internal)?;
         }
         Ok(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use xomcloud_common::presign::LinkSigner;
+    use xomcloud_common::storage::LocalStorage;
+
+    /// Writes an MP3-ish file, except for URLs naming a path that cannot be read.
+    struct Fake;
+
+    #[async_trait]
+    impl TrackFetcher for Fake {
+        async fn fetch(&self, url: &str, dir: &Path) -> Result<PathBuf, FetchError> {
+            tokio::fs::create_dir_all(dir).await.unwrap();
+            if url.ends_with("missing") {
+                return Ok(dir.join("gone.mp3"));
+            }
+            if url.ends_with("directory") {
+                let sub = dir.join("track.mp3");
+                tokio::fs::create_dir(&sub).await.unwrap();
+                return Ok(sub);
+            }
+            let file = dir.join("track.mp3");
+            tokio::fs::write(&file, b"ID3 fake audio").await.unwrap();
+            Ok(file)
+        }
+    }
+
+    fn track(id: &str, slug: &str) -> Track {
+        Track {
+            id: id.into(),
+            url: format!("https://soundcloud.com/a/{slug}"),
+            title: format!("T{id}"),
+            artist: "A".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_fetched_file_fails_its_track_only() {
+        let root = tempfile::tempdir().unwrap();
+        let storage = LocalStorage::new(
+            root.path().join("data"),
+            "http://127.0.0.1:1",
+            LinkSigner::new(b"k"),
+        );
+        let mut pipeline = Pipeline::new(Arc::new(storage), 2, Duration::from_secs(60));
+        pipeline.temp_root = root.path().to_owned();
+        let tracks = [
+            track("1", "ok"),
+            track("2", "missing"),
+            track("3", "directory"),
+        ];
+        let result = pipeline
+            .run(&tracks, "owner", Arc::new(Fake), no_progress())
+            .await
+            .expect("the readable track still makes a zip");
+        assert_eq!(result.successful, 1);
+        let failed: Vec<(&str, &str)> = result
+            .failed
+            .iter()
+            .map(|f| (f.id.as_str(), f.error.as_str()))
+            .collect();
+        assert_eq!(failed, [("2", UNREADABLE), ("3", UNREADABLE)]);
     }
 }

@@ -87,12 +87,15 @@ impl DownloadService {
     pub async fn fetcher(&self) -> Arc<dyn TrackFetcher> {
         let client_id = match self.secrets.get(Secret::SoundcloudClientId).await {
             Ok(id) => Some(id),
+            // Not configured at all is a supported setup: scdl generates its own id.
             Err(ConfigError::MissingSecret { .. }) => {
-                tracing::warn!("SOUNDCLOUD_CLIENT_ID is not configured; scdl will generate one");
+                tracing::info!("SOUNDCLOUD_CLIENT_ID is not configured; scdl will generate one");
                 None
             }
+            // Configured but unreadable (SSM denied or throttled, a blank value) is a fault to
+            // fix, not a choice: say so loudly (the error names the cause, never the value).
             Err(err) => {
-                tracing::warn!(error = %err, "SoundCloud client id unavailable; scdl will generate one");
+                tracing::error!(error = %err, "SoundCloud client id is configured but unusable; scdl will generate one");
                 None
             }
         };

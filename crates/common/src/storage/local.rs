@@ -250,9 +250,17 @@ impl Upload for LocalUpload {
     }
 
     async fn complete(&self) -> Result<(), StorageError> {
-        self.on_file(std::fs::File::sync_all).await?;
-        tokio::fs::rename(&self.partial, &self.path).await?;
-        Ok(())
+        let done = async {
+            self.on_file(std::fs::File::sync_all).await?;
+            tokio::fs::rename(&self.partial, &self.path).await?;
+            Ok(())
+        }
+        .await;
+        // As S3's adapter aborts after a failed completion: no `.partial` is left behind.
+        if done.is_err() {
+            let _ = tokio::fs::remove_file(&self.partial).await;
+        }
+        done
     }
 
     async fn abort(&self) -> Result<(), StorageError> {
@@ -285,6 +293,29 @@ mod tests {
 
     fn storage(root: &Path) -> LocalStorage {
         LocalStorage::new(root, "http://127.0.0.1:3000", LinkSigner::new(b"k"))
+    }
+
+    #[tokio::test]
+    async fn a_failed_complete_leaves_no_partial_file() {
+        let root = tempfile::tempdir().unwrap();
+        let s = storage(root.path());
+        let upload = s.create_upload("a/b.zip").await.unwrap();
+        upload
+            .put_part(Part {
+                number: 1,
+                offset: 0,
+                data: Bytes::from_static(b"zip bytes"),
+            })
+            .await
+            .unwrap();
+        // A non-empty directory where the object goes: the final rename fails.
+        std::fs::create_dir_all(root.path().join("a/b.zip/x")).unwrap();
+        assert!(upload.complete().await.is_err());
+        let left: Vec<_> = std::fs::read_dir(root.path().join("a"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["b.zip"], "only the blocking directory is left");
     }
 
     /// A file of `len` bytes to store, and its metadata.

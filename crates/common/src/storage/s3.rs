@@ -261,7 +261,10 @@ impl Upload for S3Upload {
             .await;
         if let Err(e) = result {
             let err = StorageError::from_sdk("CompleteMultipartUpload", e);
-            let _ = self.abort().await;
+            // The completion error is the one returned; a failed abort still leaves parts billed.
+            if let Err(abort) = self.abort().await {
+                tracing::warn!(error = %abort, key = %self.key, "aborting the upload failed");
+            }
             return Err(err);
         }
         Ok(())

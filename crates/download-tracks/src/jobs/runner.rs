@@ -393,7 +393,7 @@ impl TrackWork {
                     tracing::warn!(job = %self.job_id, track = self.index, error = %e, "cannot read the fetched file");
                     TrackUpdate {
                         state: TrackState::Failed,
-                        error: Some("The downloaded file could not be read".into()),
+                        error: Some(crate::pipeline::UNREADABLE.into()),
                         size: None,
                         crc32: None,
                         attempts,
