@@ -22,9 +22,26 @@ pub async fn start(
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", settings.data_dir.display()))?;
     let path = settings.data_dir.join("jobs.db");
-    let sqlite = SqliteStore::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let sqlite =
+        Arc::new(SqliteStore::open(&path).map_err(|e| format!("{}: {e}", path.display()))?);
     let unfinished = sqlite.unfinished().await.map_err(|e| e.to_string())?;
-    let store: Arc<dyn JobStore> = Arc::new(sqlite);
+    // Records live JOB_TTL_HOURS, as DynamoDB's TTL does it in AWS.
+    let sweeper = sqlite.clone();
+    tokio::spawn(async move {
+        let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+        loop {
+            hourly.tick().await;
+            match sweeper
+                .delete_expired(xomcloud_common::storage::unix_now())
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "expired job records removed"),
+                Err(e) => tracing::warn!(error = %e, "cannot remove expired job records"),
+            }
+        }
+    });
+    let store: Arc<dyn JobStore> = sqlite;
     let (queue, receiver) = LocalQueue::new();
     let queue: Arc<dyn JobQueue> = Arc::new(queue);
     let runner = Arc::new(wiring::runner(settings, store.clone(), storage.clone()));

@@ -12,7 +12,7 @@ use fake_soundcloud::{Answer, FakeSoundCloud};
 use serde_json::{json, Value};
 use support::bins::workspace_bin;
 use support::moto::Moto;
-use support::runtime_api::{spawn_function, LambdaProcess, RuntimeApi};
+use support::runtime_api::{proxy_headers, spawn_function, LambdaProcess, RuntimeApi};
 
 const CLIENT_ID: &str = "sc-client-id-4d2b";
 const CLIENT_SECRET: &str = "sc-client-secret-9f8e7d6c";
@@ -144,21 +144,11 @@ impl Answered {
 }
 
 fn answered(response: Value) -> Answered {
-    let mut headers = serde_json::Map::new();
-    if let Some(multi) = response["multiValueHeaders"].as_object() {
-        for (k, v) in multi {
-            headers.insert(k.to_lowercase(), v[0].clone());
-        }
-    }
-    if let Some(single) = response["headers"].as_object() {
-        for (k, v) in single {
-            headers.insert(k.to_lowercase(), v.clone());
-        }
-    }
+    let headers = proxy_headers(&response);
     Answered {
         status: response["statusCode"].as_u64().unwrap() as u16,
         body: response["body"].as_str().unwrap_or("").to_owned(),
-        headers: Value::Object(headers),
+        headers,
     }
 }
 

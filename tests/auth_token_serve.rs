@@ -2,14 +2,13 @@
 //! no JWT asked for, against a fake SoundCloud token endpoint served by the test.
 
 mod fake_soundcloud;
+mod support;
 
-use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 
 use fake_soundcloud::{Answer, FakeSoundCloud};
 use serde_json::{json, Value};
+use support::serve::Server;
 
 const CLIENT_ID: &str = "serve-client-id-61ac";
 const CLIENT_SECRET: &str = "serve-client-secret-0d9b3e";
@@ -20,78 +19,11 @@ const REFRESH_TOKEN: &str = "serve-refresh-tok-7a30";
 const ACCESS_TOKEN: &str = "serve-access-tok-19bd";
 const ORIGIN: &str = "http://localhost:4200";
 
-struct Server {
-    child: Child,
-    base: String,
-    /// Everything the server printed (stdout and stderr), read as it comes.
-    output: Arc<Mutex<String>>,
-}
-
-impl Server {
-    fn output(&self) -> String {
-        self.output
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn collect(stream: impl Read + Send + 'static, output: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            let mut out = output.lock().unwrap_or_else(|e| e.into_inner());
-            out.push_str(&line);
-            out.push('\n');
-        }
-    });
-}
-
 /// `xomcloud serve` on a free port in a bare directory, local mode, with `env`.
 fn serve(cwd: &Path, env: &[(&str, &str)]) -> Server {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xomcloud"));
-    cmd.current_dir(cwd)
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .env_remove("S3_DOWNLOAD_BUCKET_NAME")
-        .env_remove("SOUNDCLOUD_CLIENT_ID")
-        .env_remove("SOUNDCLOUD_CLIENT_SECRET")
-        .env_remove("SOUNDCLOUD_TOKEN_TIMEOUT_SECONDS")
-        .env("API_SECRET_KEY", "serve-api-secret")
-        .env("CORS_ALLOW_ORIGIN", ORIGIN)
-        .env("XOMCLOUD_DATA_DIR", cwd.join("data"))
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("start xomcloud serve");
-    let output = Arc::new(Mutex::new(String::new()));
-    collect(child.stderr.take().expect("stderr"), output.clone());
-    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-    let base = loop {
-        let mut line = String::new();
-        let read = stdout
-            .read_line(&mut line)
-            .expect("a line of serve's output");
-        let mut out = output.lock().unwrap_or_else(|e| e.into_inner());
-        assert!(read > 0, "serve exited before listening:\n{out}");
-        out.push_str(&line);
-        if let Some(url) = line.trim_end().strip_prefix("xomcloud listening on ") {
-            break url.to_owned();
-        }
-    };
-    // The rest (its logs) is collected as it comes, so the server never blocks on a full pipe.
-    collect(stdout, output.clone());
-    Server {
-        child,
-        base,
-        output,
-    }
+    let mut all = vec![("CORS_ALLOW_ORIGIN", ORIGIN)];
+    all.extend_from_slice(env);
+    support::serve::serve(cwd, Some("serve-api-secret"), &all)
 }
 
 async fn post(

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::bins::workspace_bin;
 use support::moto::Moto;
-use support::runtime_api::{spawn_function, spawn_function_with_args, LambdaProcess, RuntimeApi};
+use support::runtime_api::{
+    proxy_headers, spawn_function, spawn_function_with_args, LambdaProcess, RuntimeApi,
+};
 use support::s3::S3Server;
 
 const TABLE: &str = "xomcloud-jobs";
@@ -177,20 +179,7 @@ impl Harness {
         } else {
             serde_json::from_str(body).unwrap()
         };
-        let mut headers = serde_json::Map::new();
-        for field in ["multiValueHeaders", "headers"] {
-            if let Some(map) = answer[field].as_object() {
-                for (k, v) in map {
-                    let v = if v.is_array() {
-                        v[0].clone()
-                    } else {
-                        v.clone()
-                    };
-                    headers.insert(k.to_lowercase(), v);
-                }
-            }
-        }
-        (status, body, Value::Object(headers))
+        (status, body, proxy_headers(&answer))
     }
 
     async fn post(&self, body: &Value, principal: &str, key: Option<&str>) -> (u16, Value, Value) {

@@ -157,15 +157,12 @@ async fn terraform_ssm() -> Moto {
     moto
 }
 
-/// A header of a REST proxy answer (`multiValueHeaders` or `headers`).
+/// A header of a REST proxy answer.
 fn header(answer: &Value, name: &str) -> String {
-    let multi = &answer["multiValueHeaders"][name][0];
-    let value = if multi.is_string() {
-        multi
-    } else {
-        &answer["headers"][name]
-    };
-    value.as_str().unwrap_or_default().to_owned()
+    support::runtime_api::proxy_headers(answer)[name]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The front end's static token: HS256 over `{"sub": …}` with no `exp` (as PyJWT mints it).

@@ -120,6 +120,25 @@ struct Queued {
     time_limit: Duration,
 }
 
+/// The headers of an API Gateway proxy answer as one object, names lower-cased (REST answers
+/// carry `multiValueHeaders`, HTTP API ones `headers`; the first value of each).
+pub fn proxy_headers(response: &Value) -> Value {
+    let mut headers = serde_json::Map::new();
+    for field in ["multiValueHeaders", "headers"] {
+        if let Some(map) = response[field].as_object() {
+            for (k, v) in map {
+                let v = if v.is_array() {
+                    v[0].clone()
+                } else {
+                    v.clone()
+                };
+                headers.insert(k.to_lowercase(), v);
+            }
+        }
+    }
+    Value::Object(headers)
+}
+
 /// The time a function gets per invocation unless the test says otherwise.
 pub const DEFAULT_TIME_LIMIT: Duration = Duration::from_secs(60);
 

@@ -15,6 +15,7 @@ pub fn xomcloud(cwd: &Path) -> Command {
         .env_remove("S3_DOWNLOAD_BUCKET_NAME")
         .env_remove("SOUNDCLOUD_CLIENT_ID")
         .env_remove("SOUNDCLOUD_CLIENT_SECRET")
+        .env_remove("SOUNDCLOUD_TOKEN_TIMEOUT_SECONDS")
         .env("SCDL_BIN", super::stub::stub_scdl())
         .env("XOMCLOUD_DATA_DIR", cwd.join("data"))
         .env("TRACK_TIMEOUT_SECONDS", "5")
