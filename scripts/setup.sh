@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what xomcloud needs on this machine: ffmpeg (Debian package) and a project-local
-# Python venv (.venv) with pinned tools. `--test` adds the test tools (moto, linters).
+# Python venv (.venv) with pinned tools. `--test` adds the test tools (moto, linters) and
+# Chromium with its chromedriver for the browser tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,6 +17,20 @@ if ! command -v ffmpeg >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $install -qq || { dpkg --configure -a; DEBIAN_FRONTEND=noninteractive $install -qq; }
   else
     echo "setup: ffmpeg is missing; install it with: sudo apt-get update && sudo $install" >&2
+    exit 1
+  fi
+fi
+
+# The browser tests (tests/web_ui.rs) drive Chromium through chromedriver: Debian's packages,
+# unless CHROME_BIN and CHROMEDRIVER name others (CI: the runner's preinstalled Chrome).
+if [ "${1:-}" = "--test" ] && ! { command -v "${CHROME_BIN:-/usr/bin/chromium}" && command -v "${CHROMEDRIVER:-/usr/bin/chromedriver}"; } >/dev/null 2>&1; then
+  install="apt-get install -y --no-install-recommends chromium chromium-driver"
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing chromium and chromium-driver (browser tests)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $install -qq || { dpkg --configure -a; DEBIAN_FRONTEND=noninteractive $install -qq; }
+  else
+    echo "setup: Chromium is missing for the browser tests; install it with: sudo apt-get update && sudo $install (or set CHROME_BIN and CHROMEDRIVER)" >&2
     exit 1
   fi
 fi

@@ -7,6 +7,7 @@ mod dotenv;
 mod download;
 mod jobs_local;
 mod serve;
+mod web;
 
 use clap::Parser;
 

@@ -69,6 +69,8 @@ pub async fn run(addr: &str) -> Result<ExitCode, String> {
                 dev,
             )
         };
+    // The page's link carries a token signed with the secret in effect (never the secret).
+    let page_token = page_token(&secrets).await;
     // The same verifier as the authorizer Lambda, reading the secret per request.
     let authorizer = Authorizer::new(secrets.clone(), Rules::from(&settings));
     let auth = xomcloud_auth_token::AuthTokenService::from_settings(&settings, secrets.clone())
@@ -84,6 +86,13 @@ pub async fn run(addr: &str) -> Result<ExitCode, String> {
         cors: Cors::new(settings.cors_allow_origin.as_deref()),
     });
     println!("xomcloud listening on {base_url}");
+    let page_url = page_url(local);
+    match &page_token {
+        Ok(token) => println!("open in a browser: {page_url}#token={token}"),
+        Err(why) => println!(
+            "open in a browser: {page_url} (no token: {why}; paste one from `xomcloud token --sub you`)"
+        ),
+    }
     match &app.files {
         Some(_) => println!(
             "storage: {} (local, signed links)",
@@ -91,9 +100,7 @@ pub async fn run(addr: &str) -> Result<ExitCode, String> {
         ),
         None => println!("storage: s3://{}", settings.bucket_or_default()),
     }
-    if let Some(secret) = dev_secret {
-        let token = xomcloud_authorizer::jwt::mint("dev", secret.as_bytes(), 12 * 3600)
-            .map_err(|e| e.to_string())?;
+    if let (Some(_), Ok(token)) = (dev_secret, &page_token) {
         println!("API_SECRET_KEY is not set: using a random secret for this process.");
         println!("token (12 h): {token}");
         println!(
@@ -110,8 +117,33 @@ pub async fn run(addr: &str) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A 12-hour token for the page, signed with the API secret in effect.
+async fn page_token(secrets: &Secrets) -> Result<String, String> {
+    let lookup = secrets.get(Secret::ApiSecretKey);
+    let secret = match tokio::time::timeout(std::time::Duration::from_secs(10), lookup).await {
+        Ok(Ok(secret)) => secret,
+        Ok(Err(e)) => return Err(format!("the API secret cannot be read: {e}")),
+        Err(_) => return Err("reading the API secret timed out".into()),
+    };
+    xomcloud_authorizer::jwt::mint("dev", secret.as_bytes(), 12 * 3600).map_err(|e| e.to_string())
+}
+
+/// The page as a browser on this machine reaches it (a wildcard address is not one to open).
+fn page_url(local: std::net::SocketAddr) -> String {
+    let mut addr = local;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("http://{addr}/")
+}
+
 fn router(app: Shared) -> Router {
     Router::new()
+        // The web page: `/`, `/app.js`, `/style.css`, `/favicon.svg`.
+        .merge(crate::web::routes())
         .route("/download", any(download))
         .route("/auth/token", any(auth_token))
         .route("/auth/refresh", any(auth_token))
@@ -245,24 +277,52 @@ async fn file(
         Ok(f) => f,
         Err(_) => return reply(app.cors.error(&ApiError::NotFound("No such file".into()))),
     };
-    let length = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let length = file.metadata().await.map(|m| m.len()).ok();
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
-    (
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "application/zip".to_owned()),
-            (header::CONTENT_DISPOSITION, content_disposition(&key)),
-            (header::CONTENT_LENGTH, length.to_string()),
-            (
-                header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                app.cors.allow_origin().to_owned(),
-            ),
-        ],
-        body,
-    )
-        .into_response()
+    let headers = file_headers(&key, length, app.cors.allow_origin());
+    (StatusCode::OK, headers, body).into_response()
+}
+
+/// The headers of a `/files` answer. No `Content-Length` when the size is unknown: the body is
+/// streamed anyway, and a made-up length would cut it short.
+fn file_headers(key: &str, length: Option<u64>, allow_origin: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let mut set = |name, value: String| {
+        if let Ok(value) = header::HeaderValue::try_from(value) {
+            headers.insert(name, value);
+        }
+    };
+    set(header::CONTENT_TYPE, "application/zip".to_owned());
+    set(header::CONTENT_DISPOSITION, content_disposition(key));
+    if let Some(length) = length {
+        set(header::CONTENT_LENGTH, length.to_string());
+    }
+    set(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin.to_owned());
+    headers
 }
 
 async fn not_found(State(app): State<Shared>) -> Response {
     reply(app.cors.error(&ApiError::NotFound("No such route".into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_of_unknown_size_has_no_content_length() {
+        let unknown = file_headers("a/xomcloud-tracks.zip", None, "https://x.example");
+        assert!(unknown.get(header::CONTENT_LENGTH).is_none(), "{unknown:?}");
+        assert_eq!(unknown[header::CONTENT_TYPE], "application/zip");
+        assert_eq!(
+            unknown[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://x.example"
+        );
+        let known = file_headers("a/xomcloud-tracks.zip", Some(42), "https://x.example");
+        assert_eq!(known[header::CONTENT_LENGTH], "42");
+        assert_eq!(
+            known[header::CONTENT_DISPOSITION],
+            "attachment; filename=\"xomcloud-tracks.zip\""
+        );
+    }
 }
