@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::io::AsyncRead;
 
-use super::{prefix_dir, unix_now, ObjectMeta, Part, Storage, StorageError, Upload};
+use super::{prefix_dir, unix_now, ObjectMeta, Part, PartWriter, Storage, StorageError, Upload};
 use crate::presign::LinkSigner;
 
 /// Objects under a directory; links point at the dev server's `GET /files/{key}`.
@@ -121,6 +121,22 @@ impl Storage for LocalStorage {
             return Err(missing());
         }
         Ok(Box::new(file))
+    }
+
+    /// One blocking reader straight into the part buffer: no copy through tokio's file buffers
+    /// (measured: ~1 s of a 500 MB job's zip, and their allocations grew RSS with the job).
+    async fn copy_into(
+        &self,
+        key: &str,
+        sink: &mut PartWriter,
+        len: u64,
+    ) -> Result<(), StorageError> {
+        let path = self.object_path(key)?;
+        let file = std::fs::File::open(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => StorageError(format!("no such object {key:?}")),
+            _ => e.into(),
+        })?;
+        sink.write_from(file, len).await
     }
 
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {

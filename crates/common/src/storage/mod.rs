@@ -58,6 +58,18 @@ pub trait Storage: Send + Sync {
     /// Deletes every object whose key starts with `prefix`, which must end with '/'. Deleting
     /// nothing is Ok.
     async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError>;
+    /// Appends the object's `len` bytes to `sink` (a job's zip). Streams what `open` gives;
+    /// an adapter with a faster way (a local file read on a blocking thread straight into the
+    /// part buffer) overrides it.
+    async fn copy_into(
+        &self,
+        key: &str,
+        sink: &mut PartWriter,
+        len: u64,
+    ) -> Result<(), StorageError> {
+        let mut reader = self.open(key).await?;
+        sink.copy_from(&mut reader, len).await
+    }
 }
 
 /// The size and CRC-32 of a stored track object, kept as object metadata.

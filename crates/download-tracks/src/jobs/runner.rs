@@ -331,8 +331,9 @@ impl JobRunner {
             };
             sink.write(&zip.begin_entry(&names[index], size, crc))
                 .await?;
-            let mut reader = self.storage.open(&track_key(&job.id, index)).await?;
-            sink.copy_from(&mut reader, size).await?;
+            self.storage
+                .copy_into(&track_key(&job.id, index), sink, size)
+                .await?;
         }
         sink.write(&zip.finish()).await?;
         Ok(())
