@@ -66,26 +66,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// Where the stub finds its one random file of `TRACK_BYTES`, made here before any timed run.
-fn stub_cache() -> &'static str {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        use std::io::Read;
-        let dir = tempfile::tempdir().unwrap();
-        let mut random = Vec::new();
-        std::fs::File::open("/dev/urandom")
-            .unwrap()
-            .take(TRACK_BYTES)
-            .read_to_end(&mut random)
-            .unwrap();
-        std::fs::write(dir.path().join(format!("random-{TRACK_BYTES}")), random).unwrap();
-        dir
-    })
-    .path()
-    .to_str()
-    .unwrap()
-}
-
 fn tracks(n: usize, from: usize) -> Vec<Value> {
     (from..from + n)
         .map(|i| {
@@ -112,7 +92,7 @@ impl Serve {
         let envs = [
             ("SCDL_STUB_DELAY", delay.as_str()),
             ("SCDL_STUB_SIZE", size.as_str()),
-            ("SCDL_STUB_CACHE", stub_cache()),
+            ("SCDL_STUB_CACHE", support::stub::bench_cache(TRACK_BYTES)),
             ("DOWNLOAD_CONCURRENCY", concurrency.as_str()),
             ("MAX_TRACKS", "100"),
             ("JOB_WORKERS", "1"),
@@ -397,7 +377,7 @@ fn main() {
             Path::new(env!("CARGO_BIN_EXE_xomcloud")).is_file(),
             "the release xomcloud binary is missing"
         );
-        stub_cache();
+        support::stub::bench_cache(TRACK_BYTES);
         let mut failed = false;
         let hundred = job_vs_pipeline(&mut failed).await;
         accept_latency(&mut failed).await;

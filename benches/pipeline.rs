@@ -128,7 +128,10 @@ async fn run_batch(s3: &S3Server, tracks: usize, delay: f64, watch: bool) -> Run
         ("DOWNLOAD_CONCURRENCY", CONCURRENCY.to_string()),
         ("MAX_TRACKS", tracks.to_string()),
         ("TRACK_TIMEOUT_SECONDS", "120".to_owned()),
-        ("SCDL_STUB_CACHE", stub_cache().to_owned()),
+        (
+            "SCDL_STUB_CACHE",
+            support::stub::bench_cache(TRACK_BYTES).to_owned(),
+        ),
         ("SOUNDCLOUD_CLIENT_ID", "bench-client-id".to_owned()),
         // Nothing may reach AWS: SSM points at a closed local port.
         ("AWS_ENDPOINT_URL_SSM", "http://127.0.0.1:9".to_owned()),
@@ -175,27 +178,6 @@ async fn run_batch(s3: &S3Server, tracks: usize, delay: f64, watch: bool) -> Run
         to_last_part,
         completing,
     }
-}
-
-/// Where the stub keeps its one random file per size (outside the watched temp dir), made here
-/// before any timed run: otherwise the first tracks of the first batch would each generate it.
-fn stub_cache() -> &'static str {
-    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        use std::io::Read;
-        let dir = tempfile::tempdir().unwrap();
-        let mut random = Vec::new();
-        std::fs::File::open("/dev/urandom")
-            .unwrap()
-            .take(TRACK_BYTES)
-            .read_to_end(&mut random)
-            .unwrap();
-        std::fs::write(dir.path().join(format!("random-{TRACK_BYTES}")), random).unwrap();
-        dir
-    })
-    .path()
-    .to_str()
-    .unwrap()
 }
 
 /// The local S3 server's own share of scenario 1, without the pipeline: the same bytes uploaded
@@ -262,7 +244,7 @@ fn stub_cost_alone() -> f64 {
             .arg(&out)
             .env("HOME", dir.path())
             .env("SCDL_STUB_SIZE", TRACK_BYTES.to_string())
-            .env("SCDL_STUB_CACHE", stub_cache())
+            .env("SCDL_STUB_CACHE", support::stub::bench_cache(TRACK_BYTES))
             .stderr(std::process::Stdio::null())
             .status()
             .unwrap();

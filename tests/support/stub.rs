@@ -80,3 +80,21 @@ pub fn group_alive(pgid: i64) -> bool {
         fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z"
     })
 }
+
+/// A directory for `SCDL_STUB_CACHE` holding the stub's random file of `bytes` (the `bench-`
+/// tracks copy it), made once per process before any timed run so the stub's own cost stays out
+/// of the figures.
+pub fn bench_cache(bytes: u64) -> &'static str {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("a temp dir"));
+    let file = dir.path().join(format!("random-{bytes}"));
+    if !file.exists() {
+        use std::io::Read;
+        let mut random = Vec::new();
+        std::fs::File::open("/dev/urandom")
+            .and_then(|f| f.take(bytes).read_to_end(&mut random))
+            .expect("read /dev/urandom");
+        std::fs::write(&file, random).expect("write the stub's cache file");
+    }
+    dir.path().to_str().expect("a UTF-8 temp path")
+}
