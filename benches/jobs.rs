@@ -187,33 +187,12 @@ fn settle_disk() {
     let _ = std::process::Command::new("sync").status();
 }
 
-/// Seconds since midnight of a log line's RFC 3339 timestamp.
-fn log_seconds(line: &Value) -> Option<f64> {
-    let clock = line["timestamp"]
-        .as_str()?
-        .split('T')
-        .nth(1)?
-        .trim_end_matches('Z');
-    let mut parts = clock.split(':').map(|p| p.parse::<f64>().ok());
-    Some(parts.next()?? * 3600.0 + parts.next()?? * 60.0 + parts.next()??)
-}
-
 /// From a job run's log: queued → last track settled (every track fetched and stored), in
 /// seconds. (Its "job finished" line comes after the stored tracks are deleted, which may be
 /// after a poll has read `done`.)
 fn fetch_phase(logs: &str) -> Option<f64> {
-    let lines: Vec<Value> = logs
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let last = |message: &str| {
-        lines
-            .iter()
-            .filter(|l| l["message"] == message)
-            .filter_map(log_seconds)
-            .next_back()
-    };
-    Some(last("track settled")? - last("job queued")?)
+    let times = support::logs::LogTimes::parse(logs);
+    Some(times.last("track settled")? - times.last("job queued")?)
 }
 
 fn floor(tracks: usize) -> f64 {

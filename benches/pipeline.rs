@@ -78,34 +78,10 @@ struct Run {
     completing: Option<f64>,
 }
 
-/// Seconds since midnight of a log line's RFC 3339 timestamp.
-fn log_seconds(line: &Value) -> Option<f64> {
-    let clock = line["timestamp"]
-        .as_str()?
-        .split('T')
-        .nth(1)?
-        .trim_end_matches('Z');
-    let mut parts = clock.split(':').map(|p| p.parse::<f64>().ok());
-    Some(parts.next()?? * 3600.0 + parts.next()?? * 60.0 + parts.next()??)
-}
-
 fn phases(logs: &str) -> (Option<f64>, Option<f64>) {
-    let lines: Vec<Value> = logs
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    let at = |message: &str| {
-        lines
-            .iter()
-            .filter(|l| l["message"] == message)
-            .filter_map(log_seconds)
-            .next_back()
-    };
-    let first = lines
-        .iter()
-        .find(|l| l["message"] == "download requested")
-        .and_then(log_seconds);
-    let (last_part, done) = (at("part uploaded"), at("download finished"));
+    let times = support::logs::LogTimes::parse(logs);
+    let first = times.first("download requested");
+    let (last_part, done) = (times.last("part uploaded"), times.last("download finished"));
     (
         last_part.zip(first).map(|(p, f)| p - f),
         done.zip(last_part).map(|(d, p)| d - p),

@@ -3,6 +3,7 @@
 //! to drive them, and the test tools (moto) they talk to.
 
 pub mod bins;
+pub mod logs;
 pub mod media;
 pub mod moto;
 pub mod runtime_api;
