@@ -526,28 +526,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn concurrent_creates_with_one_key_make_one_job() {
-        let (_dir, _path, store) = temp_store();
-        let jobs: Vec<Job> = (0..20).map(|i| job("alice", 2, 100 + i)).collect();
-        let results = futures::future::join_all(jobs.iter().map(|j| store.create(j, Some("same"))))
-            .await
-            .into_iter()
-            .collect::<Result<Vec<_>, _>>()
-            .unwrap();
-        let winners: Vec<&Job> = jobs
-            .iter()
-            .zip(&results)
-            .filter(|(_, r)| **r == Created::New)
-            .map(|(j, _)| j)
-            .collect();
-        assert_eq!(winners.len(), 1, "{results:?}");
-        let winner = &winners[0].id;
-        for result in &results {
-            assert!(matches!(result, Created::New) || *result == Created::Existing(winner.clone()));
-        }
-    }
-
-    #[tokio::test]
     async fn transitions_are_conditional() {
         use JobStatus::*;
         let (_dir, _path, store) = temp_store();
