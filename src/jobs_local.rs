@@ -10,7 +10,6 @@ use xomcloud_common::storage::Storage;
 use xomcloud_download_tracks::jobs::{JobsApi, RunOutcome};
 use xomcloud_download_tracks::service::DownloadService;
 use xomcloud_download_tracks::wiring;
-use xomcloud_jobs::model::{JobStatus, Outcome};
 use xomcloud_jobs::queue::{JobMessage, JobQueue, LocalQueue};
 use xomcloud_jobs::store::{JobStore, SqliteStore};
 
@@ -62,15 +61,10 @@ pub async fn start(
                     Ok(RunOutcome::HandBack) => {}
                     Err(e) => {
                         tracing::error!(job = %job_id, error = %e, "job failed");
-                        let outcome = Outcome {
-                            error: Some("The job failed on the server; please try again".into()),
-                            zip_key: None,
-                        };
-                        let from = [JobStatus::Queued, JobStatus::Running];
-                        let _ = runner
-                            .store
-                            .transition(&job_id, &from, JobStatus::Failed, &outcome)
-                            .await;
+                        let reason = "The job failed on the server; please try again";
+                        if let Err(e) = runner.fail(&job_id, reason).await {
+                            tracing::error!(job = %job_id, error = %e, "cannot mark the job failed");
+                        }
                     }
                 }
             }

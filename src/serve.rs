@@ -229,10 +229,7 @@ async fn jobs(
         .unwrap_or("127.0.0.1");
     let jobs_url = format!("http://{host}/jobs");
     let rest = uri.path().strip_prefix("/jobs").unwrap_or_default();
-    // A key that is not text is as bad as one too long: the validator refuses it.
-    let idempotency_key = headers
-        .get("idempotency-key")
-        .map(|v| v.to_str().unwrap_or("\u{0}"));
+    let idempotency_key = xomcloud_download_tracks::jobs::api::idempotency_key(&headers);
     let request = JobsRequest {
         rest,
         body: &body,

@@ -93,10 +93,7 @@ pub async fn respond(http: &Http, request: Request) -> Response<Body> {
                 .error(&ApiError::NotFound("jobs are not configured".into())),
             Some(jobs) => {
                 let jobs_url = jobs_url(&request);
-                let idempotency_key = request
-                    .headers()
-                    .get("idempotency-key")
-                    .map(|v| std::str::from_utf8(v.as_bytes()).unwrap_or("\u{0}"));
+                let idempotency_key = crate::jobs::api::idempotency_key(request.headers());
                 let call = JobsRequest {
                     rest,
                     body,

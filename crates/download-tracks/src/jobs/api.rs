@@ -67,6 +67,14 @@ fn not_found() -> ApiError {
     ApiError::NotFound("No such job".into())
 }
 
+/// The `Idempotency-Key` header as text; a value that is not text comes out as a string the
+/// validator refuses, as it refuses one too long.
+pub fn idempotency_key(headers: &http::HeaderMap) -> Option<&str> {
+    headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().unwrap_or("\u{0}"))
+}
+
 /// Printable ASCII, 1 to 128 characters.
 pub fn check_idempotency_key(key: &str) -> Result<(), ApiError> {
     let ok = !key.is_empty()
@@ -111,16 +119,7 @@ impl JobsApi {
             check_idempotency_key(key)?;
         }
         let parsed = parse_request(request.body, self.max_tracks)?;
-        let specs = parsed
-            .tracks
-            .into_iter()
-            .map(|t| TrackSpec {
-                id: t.id,
-                url: t.url,
-                title: t.title,
-                artist: t.artist,
-            })
-            .collect();
+        let specs = parsed.tracks.into_iter().map(TrackSpec::from).collect();
         let job = Job::new(
             new_job_id(),
             owner.to_owned(),
@@ -196,15 +195,8 @@ impl JobsApi {
         principal: Option<&str>,
     ) -> Result<Response<String>, ApiError> {
         let job = self.find(id, principal).await?;
-        match job.status {
-            JobStatus::Cancelled => return Ok(self.cors.ok(Some(self.view(&job).await?))),
-            JobStatus::Done | JobStatus::Failed => {
-                return Err(ApiError::Conflict(format!(
-                    "The job is {} and can no longer be cancelled",
-                    job.status.as_str()
-                )))
-            }
-            JobStatus::Queued | JobStatus::Running => {}
+        if !matches!(job.status, JobStatus::Queued | JobStatus::Running) {
+            return self.not_cancellable(&job).await;
         }
         let cancelled = self
             .store
@@ -217,16 +209,25 @@ impl JobsApi {
             .await
             .map_err(ApiError::internal)?;
         let job = self.find(id, principal).await?;
-        if !cancelled && job.status != JobStatus::Cancelled {
-            return Err(ApiError::Conflict(format!(
-                "The job is {} and can no longer be cancelled",
-                job.status.as_str()
-            )));
+        if !cancelled {
+            // It ended (or was cancelled) between the read and the write.
+            return self.not_cancellable(&job).await;
         }
         tracing::info!(job = id, "job cancelled");
         Ok(self
             .cors
             .json(202, &json!({ "data": self.view(&job).await? })))
+    }
+
+    /// The answer to cancelling a job that is already final: 200 when it is cancelled, else 409.
+    async fn not_cancellable(&self, job: &Job) -> Result<Response<String>, ApiError> {
+        if job.status == JobStatus::Cancelled {
+            return Ok(self.cors.ok(Some(self.view(job).await?)));
+        }
+        Err(ApiError::Conflict(format!(
+            "The job is {} and can no longer be cancelled",
+            job.status.as_str()
+        )))
     }
 
     async fn view(&self, job: &Job) -> Result<serde_json::Value, ApiError> {

@@ -97,16 +97,6 @@ fn is_passing(reason: &FetchError) -> bool {
     )
 }
 
-fn track_of(job: &Job, index: usize) -> Track {
-    let spec = &job.tracks[index].spec;
-    Track {
-        id: spec.id.clone(),
-        url: spec.url.clone(),
-        title: spec.title.clone(),
-        artist: spec.artist.clone(),
-    }
-}
-
 impl JobRunner {
     pub fn new(
         store: Arc<dyn JobStore>,
@@ -175,6 +165,22 @@ impl JobRunner {
             Some(Ok(true)) => {}
         }
         self.assemble(job_id).await
+    }
+
+    /// Gives up on an unfinished job: `failed` with `reason`, its stored tracks removed. False
+    /// when it had already ended.
+    pub async fn fail(&self, job_id: &str, reason: &str) -> Result<bool, RunError> {
+        let outcome = Outcome {
+            error: Some(reason.to_owned()),
+            zip_key: None,
+        };
+        let from = [JobStatus::Queued, JobStatus::Running];
+        let marked = self
+            .store
+            .transition(job_id, &from, JobStatus::Failed, &outcome)
+            .await?;
+        self.storage.delete_prefix(&track_prefix(job_id)).await?;
+        Ok(marked)
     }
 
     /// Resolves once the job's status reads `cancelled` (or the job is gone).
@@ -271,7 +277,7 @@ impl JobRunner {
             self.storage.delete_prefix(&track_prefix(job_id)).await?;
             return Ok(RunOutcome::Settled(Some(JobStatus::Failed)));
         }
-        let tracks: Vec<Track> = (0..total).map(|i| track_of(&job, i)).collect();
+        let tracks: Vec<Track> = job.tracks.iter().map(|t| Track::from(&t.spec)).collect();
         let names = assign_names(&tracks);
         let owner = crate::validate::key_owner(Some(&job.owner), None);
         let key = object_key(&owner, time::OffsetDateTime::now_utc());

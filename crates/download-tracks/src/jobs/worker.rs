@@ -6,10 +6,9 @@ use std::sync::Arc;
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use tokio::time::Instant;
-use xomcloud_jobs::model::{JobStatus, Outcome};
 use xomcloud_jobs::queue::{parse_message, JobQueue};
 
-use crate::jobs::runner::{track_prefix, JobRunner, RunOutcome};
+use crate::jobs::runner::{JobRunner, RunOutcome};
 use crate::service::DownloadService;
 
 /// The job-level error of a job whose message ended in the dead-letter queue.
@@ -74,25 +73,12 @@ impl Worker {
     }
 
     async fn bury(&self, job_id: &str) -> Result<(), String> {
-        let outcome = Outcome {
-            error: Some(DEAD_LETTER_ERROR.into()),
-            zip_key: None,
-        };
-        let store = &self.runner.store;
-        let marked = store
-            .transition(
-                job_id,
-                &[JobStatus::Queued, JobStatus::Running],
-                JobStatus::Failed,
-                &outcome,
-            )
+        let marked = self
+            .runner
+            .fail(job_id, DEAD_LETTER_ERROR)
             .await
             .map_err(|e| e.to_string())?;
         tracing::error!(job = job_id, marked, "dead-lettered job marked failed");
-        self.runner
-            .storage
-            .delete_prefix(&track_prefix(job_id))
-            .await
-            .map_err(|e| e.to_string())
+        Ok(())
     }
 }
