@@ -116,17 +116,16 @@ fn parse_track(i: usize, fields: &Map<String, Value>) -> Result<Track, ApiError>
 
 fn parse_id(i: usize, value: Option<&Value>) -> Result<String, ApiError> {
     let id = match value {
-        Some(Value::String(s)) => s.trim().to_owned(),
-        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+        Some(Value::String(s)) => Some(s.trim().to_owned()),
+        Some(Value::Number(n)) => whole_number(n),
         None | Some(Value::Null) => {
             return Err(ApiError::validation(format!("tracks[{i}].id is required")))
         }
-        Some(_) => {
-            return Err(ApiError::validation(format!(
-                "tracks[{i}].id must be a string or an integer"
-            )))
-        }
+        Some(_) => None,
     };
+    let id = id.ok_or_else(|| {
+        ApiError::validation(format!("tracks[{i}].id must be a string or an integer"))
+    })?;
     if id.is_empty() {
         return Err(ApiError::validation(format!(
             "tracks[{i}].id must not be empty"
@@ -143,6 +142,20 @@ fn parse_id(i: usize, value: Option<&Value>) -> Result<String, ApiError> {
         )));
     }
     Ok(id)
+}
+
+/// An integer, also when written with a zero fraction (`2405.0` is 2405 to JSON Schema and to
+/// JavaScript); `None` for any other number.
+fn whole_number(n: &serde_json::Number) -> Option<String> {
+    if n.is_i64() || n.is_u64() {
+        return Some(n.to_string());
+    }
+    let f = n.as_f64()?;
+    let in_range = (i64::MIN as f64..u64::MAX as f64).contains(&f);
+    (f.fract() == 0.0 && in_range).then(|| match f < 0.0 {
+        true => (f as i64).to_string(),
+        false => (f as u64).to_string(),
+    })
 }
 
 /// `url`, else `permalink_url`, else the API URL built from a numeric id.
@@ -431,6 +444,10 @@ mod tests {
             parse_one(json!({"id": " 42 ", "url": url})).unwrap().id,
             "42"
         );
+        assert_eq!(
+            parse_one(json!({"id": 2405.0, "url": url})).unwrap().id,
+            "2405"
+        );
         let big = json!({"id": u64::MAX, "url": url});
         assert_eq!(parse_one(big).unwrap().id, u64::MAX.to_string());
         assert_eq!(
@@ -455,6 +472,10 @@ mod tests {
             ),
             (
                 json!({"id": 1.5, "url": url}),
+                "tracks[1].id must be a string or an integer",
+            ),
+            (
+                json!({"id": 1e300, "url": url}),
                 "tracks[1].id must be a string or an integer",
             ),
             (
