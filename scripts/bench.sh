@@ -12,4 +12,6 @@ cargo build --release --bin xomcloud
 status=0
 cargo bench --bench pipeline || status=$?
 cargo bench --bench jobs || status=$?
+# The real scdl + yt-dlp + ffmpeg against a fake SoundCloud API: the process tree's peak memory.
+cargo bench --bench real_tools || status=$?
 exit "$status"

@@ -453,6 +453,7 @@ print(json.dumps({
     "ignoreerrors": merged.get("ignoreerrors"),
     "overrides": sorted(overrides),
     "noprogress": merged.get("noprogress"),
+    "skip_unavailable_fragments": merged.get("skip_unavailable_fragments"),
     "outtmpl": postprocessors[0][0]._outtmpls[False],
     "postprocessors": [pp["key"] for pp in merged.get("postprocessors", [])],
 }))
@@ -475,6 +476,8 @@ fn scdl_hands_yt_dlp_our_format_and_keeps_ignoring_errors() {
     assert_eq!(params["format"], spec, "{params}");
     assert_eq!(params["outtmpl"], "/tmp/x/track.%(ext)s", "{params}");
     assert_eq!(params["noprogress"], true, "{params}");
+    // yt-dlp would otherwise skip an HLS segment that keeps failing and finish with a gap.
+    assert_eq!(params["skip_unavailable_fragments"], false, "{params}");
     // scdl runs yt-dlp with ignoreerrors="only_download": a failed track is an ERROR line and
     // exit status 0 (what the stub does). `--abort-on-error` inside --yt-dlp-args does not
     // change that: scdl keeps only the options that differ from its patched defaults, and
@@ -783,6 +786,42 @@ fn stub_failure_shapes() {
     );
     assert_eq!(ran.stderr.lines().last(), Some("KeyError: 'x'"));
     assert!(ran.error_lines().is_empty() && files_under(&out).is_empty());
+
+    // broken-: a segment that keeps failing. With our flags, two ERROR lines (the first is the
+    // one classified) and only yt-dlp's .part/.ytdl files; without them, a file with a gap.
+    let out = t.path().join("broken");
+    let url = "https://soundcloud.com/someone/broken-a";
+    let ran = run(stub_cmd(&home).args(scdl_args(url, &out, Some(CLIENT_ID))));
+    assert_eq!(ran.status.code(), Some(0), "{}", ran.stderr);
+    let errors = ran.error_lines();
+    assert_eq!(
+        errors,
+        [
+            "ERROR: [download] Got error: HTTP Error 404: Not Found. Giving up after 10 retries",
+            "ERROR: fragment 2 not found, unable to continue"
+        ],
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(classify(errors[0], None), FetchError::StreamFailed);
+    let mut left: Vec<String> = files_under(&out)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["track.mp3.part", "track.mp3.ytdl"]);
+    let out = t.path().join("broken-default");
+    let ran = run(stub_cmd(&home).args([
+        "-l",
+        url,
+        "--path",
+        out.to_str().unwrap(),
+        "--name-format",
+        "track",
+    ]));
+    assert!(ran.error_lines().is_empty(), "{}", ran.stderr);
+    assert!(ran.stderr.contains("Skipping fragment 2"), "{}", ran.stderr);
+    assert_eq!(files_under(&out), [out.join("track.mp3")]);
 
     // empty-: success, silence about errors, and nothing on disk.
     let out = t.path().join("empty");

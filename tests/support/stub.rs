@@ -1,7 +1,7 @@
 //! The scdl stand-in (`tests/stubs/scdl`, a bash script with scdl 3.0.9's command line) and the
 //! environment it needs. Its behaviour is chosen by the URL's last path segment (`ok-`, `m4a-`,
-//! `notfound-`, `geo-`, `ratelimit-`, `preview-`, `leak-`, `crash-`, `empty-`, `hang-`,
-//! `bench-`): see the comment at the top of the script.
+//! `notfound-`, `geo-`, `ratelimit-`, `preview-`, `broken-`, `leak-`, `crash-`, `empty-`,
+//! `hang-`, `bench-`): see the comment at the top of the script.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -25,6 +25,9 @@ pub enum FetchError {
     PreviewOnly,
     #[error("Could not reach SoundCloud (network error); try again later")]
     Unreachable,
+    /// The track resolved but its audio did not arrive whole (a stream or segment failed).
+    #[error("The audio stream failed to download; try again later")]
+    StreamFailed,
     #[error("Timed out after {0} s")]
     TimedOut(u64),
     #[error("{0}")]
@@ -41,7 +44,9 @@ pub trait TrackFetcher: Send + Sync {
 /// the original upload (possibly a large WAV) last, and never a Go+ 30-second preview.
 /// `--abort-on-error` is there in case scdl forwards it; scdl 3.0.9 drops it and reports a failed
 /// track as an `ERROR:` line with exit 0, which `fetch` handles either way.
-pub const YT_DLP_ARGS: &str = "--abort-on-error -f ba[format_id*=mp3][format_id!*=preview]/ba[format_id!*=preview][format_id!=download]/ba[format_id!*=preview]";
+/// `--abort-on-unavailable-fragments`: by default yt-dlp skips an HLS segment that keeps failing
+/// and finishes the file with a gap, exit 0 and no `ERROR:` line (seen with the real tools).
+pub const YT_DLP_ARGS: &str = "--abort-on-error --abort-on-unavailable-fragments -f ba[format_id*=mp3][format_id!*=preview]/ba[format_id!*=preview][format_id!=download]/ba[format_id!*=preview]";
 
 /// The scdl command line for one track, as an argument vector (never a shell string).
 pub fn scdl_args(url: &str, out_dir: &Path, client_id: Option<&str>) -> Vec<OsString> {
@@ -331,8 +336,27 @@ pub fn classify(line: &str, client_id: Option<&str>) -> FetchError {
         .unwrap_or(text);
     let lower = reason.to_lowercase();
     let has = |needles: &[&str]| needles.iter().any(|n| lower.contains(n));
+    // yt-dlp's download stage: the track resolved, so a 404 there is a broken stream, not a
+    // missing track (`[download] Got error: … Giving up after 10 retries`, `fragment 2 not
+    // found, unable to continue`, `unable to download video data: HTTP Error 404: …`).
+    let downloading = lower.starts_with("[download]")
+        || lower.starts_with("unable to download video data")
+        || (lower.starts_with("fragment ") && lower.contains("unable to continue"));
+    let unreachable = [
+        "could not resolve host",
+        "dnserror",
+        "connection refused",
+        "network is unreachable",
+        "connecterror",
+    ];
     if has(&["429", "too many requests", "rate limit"]) {
         FetchError::RateLimited
+    } else if downloading {
+        if has(&unreachable) {
+            FetchError::Unreachable
+        } else {
+            FetchError::StreamFailed
+        }
     } else if has(&[
         "geo restriction",
         "not available from your location",
@@ -345,13 +369,7 @@ pub fn classify(line: &str, client_id: Option<&str>) -> FetchError {
         FetchError::PreviewOnly
     } else if has(&["404", "not found"]) {
         FetchError::NotFound
-    } else if has(&[
-        "could not resolve host",
-        "dnserror",
-        "connection refused",
-        "network is unreachable",
-        "connecterror",
-    ]) {
+    } else if has(&unreachable) {
         FetchError::Unreachable
     } else {
         let text = line
@@ -432,6 +450,14 @@ mod tests {
             ("ERROR: [soundcloud] 1: This video is not available from your location due to geo restriction", FetchError::GeoBlocked),
             ("ERROR: Unable to download webpage: HTTP Error 429: Too Many Requests", FetchError::RateLimited),
             ("ERROR: [soundcloud] 1: Requested format is not available. Use --list-formats", FetchError::PreviewOnly),
+            // What the real scdl 3.0.9 + yt-dlp print (tests/real_scdl_e2e.rs).
+            ("ERROR: [soundcloud] a/b: Unable to download JSON metadata: HTTP Error 404: Not Found (caused by <HTTPError 404: Not Found>)", FetchError::NotFound),
+            ("ERROR: HTTP Error 429: Too Many Requests", FetchError::RateLimited),
+            ("ERROR: [download] Got error: HTTP Error 404: Not Found. Giving up after 10 retries", FetchError::StreamFailed),
+            ("ERROR: [download] Got error: HTTP Error 429: Too Many Requests. Giving up after 10 retries", FetchError::RateLimited),
+            ("ERROR: fragment 2 not found, unable to continue", FetchError::StreamFailed),
+            ("ERROR: unable to download video data: HTTP Error 404: Not Found", FetchError::StreamFailed),
+            ("ERROR: [download] Got error: 5000 bytes read, 12180 more expected. Giving up after 10 retries", FetchError::StreamFailed),
         ];
         for (line, expected) in cases {
             assert_eq!(classify(line, None), expected, "{line}");

@@ -89,11 +89,15 @@ pub struct JobRunner {
     pub part_size: usize,
 }
 
-/// The reasons worth one more try: SoundCloud's rate limit, the network, a timeout.
+/// The reasons worth one more try: SoundCloud's rate limit, the network, a broken stream, a
+/// timeout.
 fn is_passing(reason: &FetchError) -> bool {
     matches!(
         reason,
-        FetchError::RateLimited | FetchError::Unreachable | FetchError::TimedOut(_)
+        FetchError::RateLimited
+            | FetchError::Unreachable
+            | FetchError::StreamFailed
+            | FetchError::TimedOut(_)
     )
 }
 
