@@ -21,8 +21,11 @@ pub async fn start(
     std::fs::create_dir_all(&settings.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", settings.data_dir.display()))?;
     let path = settings.data_dir.join("jobs.db");
-    let sqlite =
-        Arc::new(SqliteStore::open(&path).map_err(|e| format!("{}: {e}", path.display()))?);
+    let sqlite = Arc::new(
+        SqliteStore::open(&path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .with_active_limit(settings.max_active_jobs_per_caller),
+    );
     let unfinished = sqlite.unfinished().await.map_err(|e| e.to_string())?;
     // Records live JOB_TTL_HOURS, as DynamoDB's TTL does it in AWS.
     let sweeper = sqlite.clone();
@@ -79,5 +82,6 @@ pub async fn start(
             .await
             .map_err(|e| e.to_string())?;
     }
-    Ok(wiring::jobs_api(settings, store, queue, storage))
+    let limits = download.limits.clone();
+    Ok(wiring::jobs_api(settings, store, queue, storage, limits))
 }

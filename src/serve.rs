@@ -2,16 +2,18 @@
 //! Lambda, the same JWT verifier as the authorizer; zips on disk behind signed links, or in S3
 //! when `S3_DOWNLOAD_BUCKET_NAME` is set.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
-use serde::Deserialize;
 use xomcloud_authorizer::{Authorizer, Rules};
 use xomcloud_common::config::{self, EnvSecrets, Secret, Secrets};
 use xomcloud_common::presign::{LinkError, LinkSigner};
@@ -19,6 +21,7 @@ use xomcloud_common::response::Cors;
 use xomcloud_common::storage::{content_disposition, unix_now, LocalStorage, S3Storage, Storage};
 use xomcloud_common::ApiError;
 use xomcloud_download_tracks::jobs::{JobsApi, JobsRequest};
+use xomcloud_download_tracks::limits::Limits;
 use xomcloud_download_tracks::service::DownloadService;
 
 struct App {
@@ -75,7 +78,9 @@ pub async fn run(addr: &str) -> Result<ExitCode, String> {
     let authorizer = Authorizer::new(secrets.clone(), Rules::from(&settings));
     let auth = xomcloud_auth_token::AuthTokenService::from_settings(&settings, secrets.clone())
         .map_err(|e| e.to_string())?;
-    let service = Arc::new(DownloadService::new(&settings, storage.clone(), secrets));
+    let service = Arc::new(
+        DownloadService::new(&settings, storage.clone(), secrets).with_limits(limits(&settings)),
+    );
     let jobs = crate::jobs_local::start(&settings, storage, service.clone()).await?;
     let app = Arc::new(App {
         service,
@@ -108,13 +113,38 @@ pub async fn run(addr: &str) -> Result<ExitCode, String> {
              -d '{{\"tracks\":[{{\"id\":\"1\",\"url\":\"https://soundcloud.com/forss/flickermood\",\"title\":\"Flickermood\",\"artist\":\"Forss\"}}]}}'"
         );
     }
-    axum::serve(listener, router(app))
+    // The peer's address is the caller's address (no proxy header is trusted).
+    let service = router(app).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await
         .map_err(|e| e.to_string())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Per-caller rate limits in this process's memory (`RATE_LIMIT_PER_MINUTE=0`: off).
+fn limits(settings: &config::Settings) -> Limits {
+    let bucket = xomcloud_jobs::limiter::Bucket::new(
+        settings.rate_limit_per_minute,
+        settings.rate_limit_burst,
+    );
+    match bucket {
+        Some(bucket) => {
+            tracing::info!(
+                per_minute = bucket.per_minute(),
+                burst = bucket.burst(),
+                max_active_jobs = settings.max_active_jobs_per_caller,
+                "per-caller limits on (caller = principal + peer address)"
+            );
+            Limits::new(Arc::new(xomcloud_jobs::limiter::MemoryLimiter::new(bucket)))
+        }
+        None => {
+            tracing::info!("per-caller rate limits are off: RATE_LIMIT_PER_MINUTE=0");
+            Limits::off()
+        }
+    }
 }
 
 /// A 12-hour token for the page, signed with the API secret in effect.
@@ -152,6 +182,7 @@ fn router(app: Shared) -> Router {
         .route("/jobs", any(jobs))
         .route("/jobs/{*rest}", any(jobs))
         .route("/files/{*key}", get(file))
+        .route("/openapi.json", get(openapi))
         .fallback(not_found)
         // Bodies up to twice the API's limit reach the validator, which answers with the envelope.
         .layer(DefaultBodyLimit::max(
@@ -185,43 +216,77 @@ async fn authorize(
     }
 }
 
+/// The body, or the envelope's 400 when it is over the cap above (axum would answer a plain-text
+/// 413) or cannot be read.
+fn read_body(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::validation(format!(
+                "request body is too large (at most {} bytes)",
+                xomcloud_download_tracks::validate::MAX_BODY_BYTES
+            ))
+        } else {
+            ApiError::validation("request body could not be read")
+        }
+    })
+}
+
 /// The sign-in bootstrap: no token is asked for, as API Gateway wires it without the authorizer.
 async fn auth_token(
     State(app): State<Shared>,
     method: Method,
     uri: axum::http::Uri,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match read_body(body) {
+        Ok(body) => body,
+        Err(err) => return reply(app.cors.error(&err)),
+    };
     reply(app.auth.handle(&method, uri.path(), &body).await)
 }
 
 async fn download(
     State(app): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let principal = match authorize(&app, &method, &headers).await {
         Ok(principal) => principal,
         Err(denied) => return denied,
     };
+    let body = match read_body(body) {
+        Ok(body) => body,
+        Err(err) => return reply(app.cors.error(&err)),
+    };
     reply(
         app.service
-            .handle(&method, &body, principal.as_deref())
+            .handle(
+                &method,
+                &body,
+                principal.as_deref(),
+                Some(&peer_address(peer)),
+            )
             .await,
     )
 }
 
 async fn jobs(
     State(app): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     method: Method,
     uri: axum::http::Uri,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let principal = match authorize(&app, &method, &headers).await {
         Ok(principal) => principal,
         Err(denied) => return denied,
+    };
+    let body = match read_body(body) {
+        Ok(body) => body,
+        Err(err) => return reply(app.cors.error(&err)),
     };
     let host = headers
         .get(header::HOST)
@@ -230,37 +295,44 @@ async fn jobs(
     let jobs_url = format!("http://{host}/jobs");
     let rest = uri.path().strip_prefix("/jobs").unwrap_or_default();
     let idempotency_key = xomcloud_download_tracks::jobs::api::idempotency_key(&headers);
+    let address = peer_address(peer);
     let request = JobsRequest {
         rest,
         body: &body,
         principal: principal.as_deref(),
+        address: Some(&address),
         idempotency_key,
         jobs_url: &jobs_url,
     };
     reply(app.jobs.handle(&method, &request).await)
 }
 
-#[derive(Deserialize)]
-struct LinkQuery {
-    expires: Option<u64>,
-    signature: Option<String>,
+/// The peer's IP, an IPv4-mapped IPv6 address as IPv4 (the port is not part of the caller).
+fn peer_address(peer: SocketAddr) -> String {
+    peer.ip().to_canonical().to_string()
 }
 
+/// The key and query are read leniently: a key that is not UTF-8 is no file (404) and a missing,
+/// repeated or malformed parameter an unsigned link (403), never axum's plain-text 400.
 async fn file(
     State(app): State<Shared>,
-    Path(key): Path<String>,
-    Query(q): Query<LinkQuery>,
+    key: Result<Path<String>, PathRejection>,
+    Query(q): Query<HashMap<String, String>>,
 ) -> Response {
     let Some(files) = &app.files else {
         return not_found(State(app)).await;
     };
-    let (Some(expires), Some(signature)) = (q.expires, q.signature) else {
+    let Ok(Path(key)) = key else {
+        return reply(app.cors.error(&ApiError::NotFound("No such file".into())));
+    };
+    let expires = q.get("expires").and_then(|e| e.parse::<u64>().ok());
+    let (Some(expires), Some(signature)) = (expires, q.get("signature")) else {
         return reply(
             app.cors
                 .error(&ApiError::Forbidden("The link is not signed".into())),
         );
     };
-    if let Err(e) = files.signer().verify(&key, expires, &signature, unix_now()) {
+    if let Err(e) = files.signer().verify(&key, expires, signature, unix_now()) {
         let message = match e {
             LinkError::Expired => "The link has expired",
             LinkError::BadSignature => "The link signature is invalid",
@@ -296,6 +368,12 @@ fn file_headers(key: &str, length: Option<u64>, allow_origin: &str) -> HeaderMap
     }
     set(header::ACCESS_CONTROL_ALLOW_ORIGIN, allow_origin.to_owned());
     headers
+}
+
+/// The API's OpenAPI 3.1 document, as checked in (`tests/openapi_contract.rs` holds it to the code).
+async fn openapi() -> Response {
+    let json = [(header::CONTENT_TYPE, "application/json")];
+    (json, include_str!("../openapi.json")).into_response()
 }
 
 async fn not_found(State(app): State<Shared>) -> Response {

@@ -64,7 +64,10 @@ async fn queue(sqs: &aws_sdk_sqs::Client, name: &str, redrive: Option<&str>) -> 
 
 impl Harness {
     async fn start(extra: &[(&str, &str)]) -> Self {
-        let moto = Moto::start();
+        Self::start_on(Moto::start(), extra).await
+    }
+
+    async fn start_on(moto: Moto, extra: &[(&str, &str)]) -> Self {
         let s3 = S3Server::start().await;
         let dynamodb = moto.dynamodb_client().await;
         xomcloud_jobs::store::dynamodb::create_table(&dynamodb, TABLE)
@@ -144,6 +147,20 @@ impl Harness {
             &self.worker_runtime,
             &refs,
         ));
+    }
+
+    /// One more HTTP function process on the same Runtime API (Lambda's concurrency).
+    fn spawn_http(&self) -> LambdaProcess {
+        let refs: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        spawn_function(
+            &workspace_bin("xomcloud-download-tracks"),
+            &self.http_runtime,
+            &refs,
+        )
     }
 
     fn worker_logs(&self) -> String {
@@ -372,7 +389,10 @@ async fn a_job_runs_with_progress_and_zips_exactly_its_successful_tracks() {
         format!("https://abcdef123.execute-api.us-east-1.amazonaws.com/prod/jobs/{id}");
     assert_eq!(data["status_url"], status_url.as_str());
     assert_eq!(headers["location"], status_url.as_str());
-    assert_eq!(headers["access-control-expose-headers"], "Location");
+    assert_eq!(
+        headers["access-control-expose-headers"],
+        "Location,Retry-After,RateLimit,RateLimit-Policy"
+    );
 
     let (status, queued) = h.get(&id, ALICE).await;
     assert_eq!(
@@ -800,4 +820,192 @@ async fn idempotency_keys_principals_and_bad_input() {
     }
     assert_eq!(queued.len(), 2, "{queued:?}");
     let _ = &h.moto;
+}
+
+/// `event` as if sent from `ip` (REST: `requestContext.identity.sourceIp`).
+fn from_ip(mut event: Value, ip: &str) -> Value {
+    event["requestContext"]["identity"]["sourceIp"] = json!(ip);
+    event["headers"]["X-Forwarded-For"] = json!(ip);
+    event
+}
+
+/// An HTTP API (v2) `POST /jobs` from `ip` (`requestContext.http.sourceIp`) and `principal`.
+fn http_api_post(body: &Value, principal: &str, ip: &str) -> Value {
+    let text = include_str!("fixtures/download/http-v2.json").replace("__PRINCIPAL__", principal);
+    let mut event: Value = serde_json::from_str(&text).unwrap();
+    event["routeKey"] = json!("POST /jobs");
+    event["rawPath"] = json!("/jobs");
+    event["requestContext"]["routeKey"] = json!("POST /jobs");
+    event["requestContext"]["http"]["path"] = json!("/jobs");
+    event["requestContext"]["http"]["sourceIp"] = json!(ip);
+    event["headers"]["x-forwarded-for"] = json!(ip);
+    event["body"] = json!(body.to_string());
+    event
+}
+
+/// `"per-caller";r={r};t={t}` → (r, t).
+fn budget(headers: &Value) -> (u64, u64) {
+    let value = headers["ratelimit"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{headers}"));
+    let rest = value
+        .strip_prefix("\"per-caller\";r=")
+        .unwrap_or_else(|| panic!("RateLimit: {value}"));
+    let (r, t) = rest.split_once(";t=").unwrap();
+    (r.parse().unwrap(), t.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_from_one_caller_is_refused_and_the_same_principal_elsewhere_is_not() {
+    // One a minute, two at once: nothing refills while the test runs.
+    let h = Harness::start(&[("RATE_LIMIT_PER_MINUTE", "1"), ("RATE_LIMIT_BURST", "2")]).await;
+    let body = json!({"tracks": [track(0, "bench")]});
+    let post = |ip: &str| {
+        from_ip(
+            Harness::event("POST", "/jobs", Some(&body), "front-end"),
+            ip,
+        )
+    };
+    let policy = "\"per-caller\";q=1;w=60";
+
+    let (status, answer, headers) = h.call(post("203.0.113.7")).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(headers["ratelimit-policy"], policy);
+    assert_eq!(budget(&headers), (1, 60));
+    let (status, _, headers) = h.call(post("203.0.113.7")).await;
+    assert_eq!(status, 202);
+    let (remaining, reset) = budget(&headers);
+    assert!(remaining == 0 && reset > 60 && reset <= 120, "{headers}");
+
+    // Over the limit: jobs and downloads alike, REST and HTTP API alike.
+    let download = from_ip(
+        Harness::event("POST", "/download", Some(&body), "front-end"),
+        "203.0.113.7",
+    );
+    for event in [
+        post("203.0.113.7"),
+        download,
+        http_api_post(&body, "front-end", "203.0.113.7"),
+    ] {
+        let (status, answer, headers) = h.call(event).await;
+        assert_eq!(status, 429, "{answer}");
+        assert_eq!(answer["error"]["code"], "RATE_LIMITED");
+        let retry_after: u64 = headers["retry-after"].as_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry_after), "{headers}");
+        let (remaining, reset) = budget(&headers);
+        assert!(
+            remaining == 0 && reset >= retry_after && reset <= 120,
+            "{headers}"
+        );
+        assert_eq!(headers["ratelimit-policy"], policy);
+        let exposed = headers["access-control-expose-headers"].as_str().unwrap();
+        for name in ["Retry-After", "RateLimit", "RateLimit-Policy"] {
+            assert!(exposed.split(',').any(|h| h == name), "{exposed}");
+        }
+        assert_eq!(
+            headers["access-control-allow-origin"],
+            "https://xomcloud.xomware.com"
+        );
+    }
+
+    // The same principal from other addresses: other callers, each with its own burst.
+    let (status, answer, headers) = h.call(post("198.51.100.20")).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(budget(&headers), (1, 60));
+    let (status, answer, headers) = h
+        .call(http_api_post(&body, "front-end", "198.51.100.21"))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(budget(&headers), (1, 60));
+
+    // The buckets are items under `caller#{hash}`: no address, no principal in the table.
+    let items = h
+        .dynamodb
+        .scan()
+        .table_name(TABLE)
+        .send()
+        .await
+        .unwrap()
+        .items
+        .unwrap_or_default();
+    let buckets: Vec<String> = items
+        .iter()
+        .filter(|i| i.get("sk").and_then(|v| v.as_s().ok()).map(String::as_str) == Some("rate"))
+        .map(|i| i["pk"].as_s().unwrap().clone())
+        .collect();
+    assert_eq!(buckets.len(), 3, "{buckets:?}");
+    assert!(buckets.iter().all(|pk| pk.starts_with("caller#")));
+    let dump = format!("{items:?}");
+    assert!(!dump.contains("203.0.113.7") && !dump.contains("198.51.100"));
+    let logs = h._http.logs();
+    assert!(logs.contains("per-caller rate limits on"), "{logs}");
+    assert!(
+        !logs.contains("203.0.113.7") && !logs.contains("198.51.100"),
+        "{logs}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_concurrent_jobs_from_one_caller_leave_three_active() {
+    // moto one request at a time: DynamoDB applies each conditional write atomically.
+    let h = Harness::start_on(
+        Moto::start_atomic(),
+        &[
+            ("RATE_LIMIT_PER_MINUTE", "600"),
+            ("RATE_LIMIT_BURST", "100"),
+        ],
+    )
+    .await;
+    // Four function instances take the twenty requests at once.
+    let _more: Vec<LambdaProcess> = (0..3).map(|_| h.spawn_http()).collect();
+    let body = json!({"tracks": [track(0, "bench")]});
+    let post = |ip: &str| {
+        from_ip(
+            Harness::event("POST", "/jobs", Some(&body), "front-end"),
+            ip,
+        )
+    };
+
+    let answers = futures::future::join_all((0..20).map(|_| h.call(post("203.0.113.7")))).await;
+    let admitted: Vec<String> = answers
+        .iter()
+        .filter(|(status, _, _)| *status == 202)
+        .map(|(_, body, _)| body["data"]["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(admitted.len(), 3, "{statuses:?}");
+    for (status, answer, headers) in answers.iter().filter(|a| a.0 != 202) {
+        assert_eq!(*status, 429, "{answer}");
+        assert_eq!(answer["error"]["code"], "RATE_LIMITED");
+        assert!(answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 3"));
+        assert_eq!(headers["retry-after"], "10");
+    }
+    let active = || async {
+        let items = h.dynamodb.scan().table_name(TABLE).send().await.unwrap();
+        items
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|i| {
+                i.get("sk").and_then(|v| v.as_s().ok()).map(String::as_str) == Some("active")
+            })
+            .map(|i| i["active"].as_n().unwrap().clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(active().await, ["3"]);
+
+    // Another address is another caller.
+    assert_eq!(h.call(post("198.51.100.20")).await.0, 202);
+    // Cancelling frees one place, once.
+    assert_eq!(h.delete(&admitted[0], "front-end").await.0, 202);
+    assert_eq!(h.delete(&admitted[0], "front-end").await.0, 200);
+    let (status, answer, _) = h.call(post("203.0.113.7")).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(h.call(post("203.0.113.7")).await.0, 429);
+    let mut counts = active().await;
+    counts.sort();
+    assert_eq!(counts, ["1", "3"]);
 }

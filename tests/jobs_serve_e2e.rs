@@ -32,6 +32,34 @@ impl Client {
         }
     }
 
+    /// `sub` connecting from `local`: another loopback address is another caller (the same
+    /// principal from another IP, as visitors of one front end are).
+    fn from(server: &Server, sub: &str, local: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .local_address(local.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap();
+        Self {
+            http,
+            ..Self::new(server, sub)
+        }
+    }
+
+    /// `POST /download` of one track: status, body, headers.
+    async fn download(&self, tracks: &[Value]) -> (u16, Value, reqwest::header::HeaderMap) {
+        let res = self
+            .http
+            .post(format!("{}/download", self.base))
+            .header("Authorization", &self.auth)
+            .json(&json!({ "tracks": tracks }))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        (status, res.json().await.unwrap(), headers)
+    }
+
     async fn post(
         &self,
         tracks: &[Value],
@@ -224,7 +252,10 @@ async fn a_local_job_can_be_cancelled_and_bad_input_creates_nothing() {
         .to_str()
         .unwrap()
         .contains("Idempotency-Key"));
-    assert_eq!(res.headers()["access-control-expose-headers"], "Location");
+    assert_eq!(
+        res.headers()["access-control-expose-headers"],
+        "Location,Retry-After,RateLimit,RateLimit-Policy"
+    );
 
     // Bad input: 4xx, nothing spawned.
     let too_many: Vec<Value> = (0..201).map(|i| track(i, "ok")).collect();
@@ -282,4 +313,169 @@ async fn a_local_job_can_be_cancelled_and_bad_input_creates_nothing() {
     assert_eq!(alice.delete(&id).await.0, 200);
     let (_, body) = alice.get(&id).await;
     assert_eq!(body["data"]["status"], "cancelled");
+}
+
+fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .unwrap_or_else(|| panic!("no {name} in {headers:?}"))
+        .to_str()
+        .unwrap()
+}
+
+/// `"per-caller";r={r};t={t}` → (r, t).
+fn budget(headers: &reqwest::header::HeaderMap) -> (u64, u64) {
+    let value = header(headers, "ratelimit");
+    let rest = value
+        .strip_prefix("\"per-caller\";r=")
+        .unwrap_or_else(|| panic!("RateLimit: {value}"));
+    let (r, t) = rest.split_once(";t=").unwrap();
+    (r.parse().unwrap(), t.parse().unwrap())
+}
+
+/// `r` tokens left of 3 at one a minute: the bucket is full again within the (3 - r) minutes
+/// used, and more than (2 - r) of them (the test takes far less than a minute).
+fn assert_budget(headers: &reqwest::header::HeaderMap, r: u64) {
+    let (remaining, reset) = budget(headers);
+    assert_eq!(remaining, r);
+    assert!(
+        reset > 60 * (2 - r) && reset <= 60 * (3 - r),
+        "t={reset} with r={r}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_from_one_caller_is_refused_and_the_same_principal_elsewhere_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    // One a minute, three at once: nothing refills while the test runs.
+    let envs = [
+        ("RATE_LIMIT_PER_MINUTE", "1"),
+        ("RATE_LIMIT_BURST", "3"),
+        ("SCDL_STUB_DELAY", "0"),
+    ];
+    let server = serve(dir.path(), Some(SECRET), &envs);
+    let here = Client::from(&server, "front-end", "127.0.0.1");
+    let elsewhere = Client::from(&server, "front-end", "127.0.0.2");
+    let policy = "\"per-caller\";q=1;w=60";
+
+    // Downloads and jobs draw from one bucket; every answer shows what is left.
+    let (status, body, headers) = here.download(&[track(1, "ok")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&headers, "ratelimit-policy"), policy);
+    assert_budget(&headers, 2);
+    let (status, _, headers) = here.download(&[track(2, "ok")]).await;
+    assert_eq!(status, 200);
+    assert_budget(&headers, 1);
+    let (status, body, headers) = here.post(&[track(3, "ok")], None).await;
+    assert_eq!(status, 202, "{body}");
+    assert_budget(&headers, 0);
+    assert_eq!(header(&headers, "ratelimit-policy"), policy);
+
+    // Over the limit: 429 in the envelope, when to retry, the fields, CORS exposing them.
+    for (status, body, headers) in [
+        here.download(&[track(4, "ok")]).await,
+        here.post(&[track(5, "ok")], None).await,
+    ] {
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(body["error"]["code"], "RATE_LIMITED");
+        assert!(body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 1 a minute"));
+        let retry_after: u64 = header(&headers, "retry-after").parse().unwrap();
+        assert!((1..=60).contains(&retry_after), "{retry_after}");
+        let (remaining, reset) = budget(&headers);
+        assert_eq!(remaining, 0);
+        assert!(reset >= retry_after && reset <= 180, "{reset}");
+        assert_eq!(header(&headers, "ratelimit-policy"), policy);
+        let exposed = header(&headers, "access-control-expose-headers");
+        for name in ["Retry-After", "RateLimit", "RateLimit-Policy"] {
+            assert!(exposed.split(',').any(|h| h == name), "{exposed}");
+        }
+        assert_eq!(
+            header(&headers, "access-control-allow-origin"),
+            "https://xomcloud.xomware.com"
+        );
+    }
+    // A bad request is still told what is wrong (it takes no token).
+    let bad = json!({"id": "1", "url": "https://evil.example/a"});
+    let (status, body, _) = here.post(&[bad], None).await;
+    assert_eq!(
+        (status, body["error"]["code"].clone()),
+        (400, json!("VALIDATION_ERROR"))
+    );
+
+    // The same principal from another address is another caller, with its whole burst.
+    let (status, body, headers) = elsewhere.download(&[track(6, "ok")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        budget(&headers),
+        (2, 60),
+        "a fresh bucket is full again one interval later"
+    );
+    let (status, _, _) = elsewhere.post(&[track(7, "ok")], None).await;
+    assert_eq!(status, 202);
+
+    // Neither address nor token reaches the logs.
+    let logs = server.output();
+    assert!(!logs.contains("127.0.0.2"), "{logs}");
+    assert!(!logs.contains(here.auth.trim_start_matches("Bearer ")));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_concurrent_jobs_from_one_caller_leave_three_active() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("scdl.log");
+    let envs = [
+        ("SCDL_STUB_LOG", log.to_str().unwrap()),
+        ("SCDL_STUB_DELAY", "30"),
+        ("TRACK_TIMEOUT_SECONDS", "60"),
+        ("RATE_LIMIT_PER_MINUTE", "600"),
+        ("RATE_LIMIT_BURST", "100"),
+    ];
+    let server = serve(dir.path(), Some(SECRET), &envs);
+    let here = Client::from(&server, "front-end", "127.0.0.1");
+    let elsewhere = Client::from(&server, "front-end", "127.0.0.2");
+
+    let bodies: Vec<Vec<Value>> = (0..20).map(|i| vec![track(i, "bench")]).collect();
+    let answers = futures::future::join_all(bodies.iter().map(|b| here.post(b, None))).await;
+    let admitted: Vec<String> = answers
+        .iter()
+        .filter(|(status, _, _)| *status == 202)
+        .map(|(_, body, _)| body["data"]["job_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        admitted.len(),
+        3,
+        "{:?}",
+        answers.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
+    for (status, body, headers) in answers.iter().filter(|(status, _, _)| *status != 202) {
+        assert_eq!(*status, 429, "{body}");
+        assert_eq!(body["error"]["code"], "RATE_LIMITED");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("at most 3"),
+            "{body}"
+        );
+        assert_eq!(header(headers, "retry-after"), "10");
+        assert!(budget(headers).0 < 100);
+    }
+    // Another address: its own three.
+    assert_eq!(elsewhere.post(&[track(50, "bench")], None).await.0, 202);
+    // A cancelled job frees its place, once.
+    assert_eq!(here.delete(&admitted[0]).await.0, 202);
+    assert_eq!(here.delete(&admitted[0]).await.0, 200);
+    let (status, body, _) = here.post(&[track(60, "bench")], None).await;
+    assert_eq!(status, 202, "{body}");
+    let again = here.post(&[track(61, "bench")], None).await;
+    assert_eq!(again.0, 429, "{}", again.1);
+    for id in admitted[1..]
+        .iter()
+        .chain([body["data"]["job_id"].as_str().unwrap().to_owned()].iter())
+    {
+        here.delete(id).await;
+    }
 }

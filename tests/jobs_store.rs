@@ -141,6 +141,7 @@ async fn contract(store: &dyn JobStore) {
         .map(|(j, r)| match r {
             Created::New => j.id.as_str(),
             Created::Existing(id) => id.as_str(),
+            Created::TooManyActive => panic!("no caller, no limit"),
         })
         .collect();
     assert!(ids.iter().all(|id| *id == winner), "{ids:?}");
@@ -286,6 +287,130 @@ async fn contract(store: &dyn JobStore) {
     assert_eq!(store.get(&unknown).await.unwrap(), None, "no stray items");
 }
 
+/// What every `JobStore` with an active-jobs limit of 3 must do.
+async fn active_limit_contract(store: &dyn JobStore) {
+    use JobStatus::*;
+    let none = Outcome::default();
+    let counted = |caller: &str| job_of("front-end", vec![spec(1)]).with_caller(caller);
+
+    // Twenty concurrent creations by one caller: exactly three get in.
+    let racers: Vec<Job> = (0..20).map(|_| counted("caller-a")).collect();
+    let results = futures::future::join_all(racers.iter().map(|j| store.create(j, None)))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let admitted: Vec<&Job> = racers
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| **r == Created::New)
+        .map(|(j, _)| j)
+        .collect();
+    assert_eq!(admitted.len(), 3, "{results:?}");
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Created::New | Created::TooManyActive)),
+        "{results:?}"
+    );
+    let stored = futures::future::join_all(racers.iter().map(|j| store.status(&j.id))).await;
+    assert_eq!(
+        stored.iter().filter(|s| matches!(s, Ok(Some(_)))).count(),
+        3,
+        "a refused job is not stored"
+    );
+    assert_eq!(
+        store.get(&admitted[0].id).await.unwrap().as_ref(),
+        Some(admitted[0]),
+        "the caller round-trips"
+    );
+
+    // Another caller (the same principal from another address) and uncounted jobs get in.
+    assert_eq!(
+        store.create(&counted("caller-b"), None).await.unwrap(),
+        Created::New
+    );
+    let uncounted = job_of("front-end", vec![spec(2)]);
+    assert_eq!(store.create(&uncounted, None).await.unwrap(), Created::New);
+
+    // An idempotent repeat names its job even at the limit.
+    let a = |n: usize| admitted[n].id.as_str();
+    let keyed = counted("caller-b");
+    assert_eq!(store.create(&keyed, Some("k")).await.unwrap(), Created::New);
+    let b_full = counted("caller-b");
+    assert_eq!(store.create(&b_full, None).await.unwrap(), Created::New);
+    assert_eq!(
+        store.create(&counted("caller-b"), None).await.unwrap(),
+        Created::TooManyActive
+    );
+    assert_eq!(
+        store.create(&counted("caller-b"), Some("k")).await.unwrap(),
+        Created::Existing(keyed.id.clone())
+    );
+
+    // Running still counts; done, failed and cancelled free a slot each.
+    assert!(store
+        .transition(a(0), &[Queued], Running, &none)
+        .await
+        .unwrap());
+    assert!(store
+        .transition(a(0), &[Running], Running, &none)
+        .await
+        .unwrap());
+    assert_eq!(
+        store.create(&counted("caller-a"), None).await.unwrap(),
+        Created::TooManyActive
+    );
+    let done = Outcome {
+        error: None,
+        zip_key: Some("front-end/x/xomcloud-tracks.zip".into()),
+    };
+    assert!(store
+        .transition(a(0), &[Running], Done, &done)
+        .await
+        .unwrap());
+    let refill = counted("caller-a");
+    assert_eq!(store.create(&refill, None).await.unwrap(), Created::New);
+    assert_eq!(
+        store.create(&counted("caller-a"), None).await.unwrap(),
+        Created::TooManyActive
+    );
+
+    // Two transitions race to end one job: one wins, and one slot comes back, not two.
+    let cancel = store.transition(a(1), &[Queued, Running], Cancelled, &none);
+    let fail = Outcome {
+        error: Some("All 1 downloads failed".into()),
+        zip_key: None,
+    };
+    let failed = store.transition(a(1), &[Queued], Failed, &fail);
+    let (cancelled, failed) = futures::future::join(cancel, failed).await;
+    assert_eq!(
+        [cancelled.unwrap(), failed.unwrap()]
+            .iter()
+            .filter(|won| **won)
+            .count(),
+        1
+    );
+    // A final job ending again frees nothing.
+    assert!(!store
+        .transition(a(1), &[Queued, Running], Cancelled, &none)
+        .await
+        .unwrap());
+    let outcomes = futures::future::join_all(
+        (0..3)
+            .map(|_| counted("caller-a"))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|j| async move { store.create(j, None).await.unwrap() }),
+    )
+    .await;
+    assert_eq!(
+        outcomes.iter().filter(|r| **r == Created::New).count(),
+        1,
+        "{outcomes:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn dynamodb_store_meets_the_contract() {
     let moto = Moto::start();
@@ -301,6 +426,84 @@ async fn sqlite_store_meets_the_contract() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(&dir.path().join("jobs.sqlite3")).unwrap();
     contract(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dynamodb_store_holds_the_active_jobs_limit() {
+    let moto = Moto::start_atomic();
+    let client = moto.dynamodb_client().await;
+    create_table(&client, TABLE).await.unwrap();
+    let store = DynamoStore::new(client.clone(), TABLE).with_active_limit(3);
+    active_limit_contract(&store).await;
+    // The counts are items of their own, under a key no job id makes; caller-a is full again
+    // (two running or queued, one just admitted), caller-b holds its three.
+    let items = scan(&client).await;
+    let active = |caller: &str| {
+        items
+            .iter()
+            .find(|i| {
+                i.get("pk").and_then(|v| v.as_s().ok()) == Some(&format!("caller#{caller}"))
+                    && i.get("sk").and_then(|v| v.as_s().ok()).map(String::as_str) == Some("active")
+            })
+            .and_then(|i| i.get("active"))
+            .and_then(|v| v.as_n().ok())
+            .cloned()
+    };
+    assert_eq!(active("caller-a").as_deref(), Some("3"));
+    assert_eq!(active("caller-b").as_deref(), Some("3"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_store_holds_the_active_jobs_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("jobs.sqlite3"))
+        .unwrap()
+        .with_active_limit(3);
+    active_limit_contract(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dynamodb_rate_limiter_counts_one_bucket_per_caller() {
+    use xomcloud_jobs::limiter::{Bucket, DynamoLimiter, RateLimiter};
+    let moto = Moto::start_atomic();
+    let client = moto.dynamodb_client().await;
+    create_table(&client, TABLE).await.unwrap();
+    // One a minute, three at once: nothing refills during the test.
+    let limiter = DynamoLimiter::new(client.clone(), TABLE, Bucket::new(1, 3).unwrap());
+    let verdicts = futures::future::join_all((0..10).map(|_| limiter.acquire("caller-a")))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let mut remaining: Vec<u32> = verdicts
+        .iter()
+        .filter(|v| v.allowed)
+        .map(|v| v.remaining)
+        .collect();
+    remaining.sort_unstable();
+    assert_eq!(remaining, [0, 1, 2], "exactly the burst, each token once");
+    let refused: Vec<_> = verdicts.iter().filter(|v| !v.allowed).collect();
+    assert_eq!(refused.len(), 7);
+    assert!(refused
+        .iter()
+        .all(|v| (1..=60).contains(&v.retry_after) && v.remaining == 0));
+    let other = limiter.acquire("caller-b").await.unwrap();
+    assert_eq!((other.allowed, other.remaining), (true, 2));
+    // The bucket item: under `caller#`, with a TTL past the moment it is full again.
+    let items = scan(&client).await;
+    let bucket = items
+        .iter()
+        .find(|i| {
+            i.get("pk").and_then(|v| v.as_s().ok()).map(String::as_str) == Some("caller#caller-a")
+        })
+        .unwrap();
+    assert_eq!(bucket["sk"].as_s().unwrap(), "rate");
+    let tat: u64 = bucket["tat"].as_n().unwrap().parse().unwrap();
+    let expires_at: u64 = bucket["expires_at"].as_n().unwrap().parse().unwrap();
+    assert!(
+        expires_at * 1000 > tat && expires_at <= unix_now() + 5 * 60,
+        "{tat} {expires_at}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

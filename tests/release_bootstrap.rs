@@ -305,6 +305,16 @@ async fn terraform_made_download_function_serves_download_tracks_on_the_dev_stag
         (data["successful"].clone(), data["failed_count"].clone()),
         (json!(1), json!(1))
     );
+    // No table to keep buckets in: per-caller limits are off, said once at start-up, and the
+    // answer carries no budget (API Gateway's throttling is the only limit there).
+    assert_eq!(header(&answer, "ratelimit"), "", "{answer}");
+    assert!(
+        lambda
+            .logs()
+            .contains("per-caller rate limits are off: no JOBS_TABLE"),
+        "{}",
+        lambda.logs()
+    );
     let url = data["download_url"].as_str().unwrap();
     assert!(
         url.contains(&format!("/{TERRAFORM_BUCKET}/user-1/")),

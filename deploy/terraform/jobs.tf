@@ -339,7 +339,8 @@ resource "aws_iam_role_policy" "jobs_worker_policy" {
 # and KMS rights are already in lambda_role_policy).
 data "aws_iam_policy_document" "lambda_role_jobs" {
   # POST /jobs writes the job item and its track items (BatchWriteItem) and claims an
-  # Idempotency-Key; GET reads them (Query); DELETE cancels (UpdateItem).
+  # Idempotency-Key; GET reads them (Query); DELETE cancels (UpdateItem). Every creation also
+  # reads and updates its caller's rate-limit bucket and active-jobs count (caller#… items).
   statement {
     sid    = "Jobs"
     effect = "Allow"
@@ -492,7 +493,9 @@ resource "aws_api_gateway_integration_response" "jobs_options" {
 #######################################
 
 # lambda.tf, aws_lambda_function.download_tracks: the jobs API needs the table and the queue
-# (without both it answers /jobs with 404 and /download works as before):
+# (without both it answers /jobs with 404 and /download works as before). With the table, the
+# per-caller limits turn on too (RATE_LIMIT_PER_MINUTE 10, RATE_LIMIT_BURST 5,
+# MAX_ACTIVE_JOBS_PER_CALLER 3 unless set here); without it only API Gateway's throttling applies:
 #
 #   environment {
 #     variables = merge(local.lambda_variables, {

@@ -15,6 +15,22 @@ pub const SECRET_KEY: &str = "test";
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// moto's server with one request at a time: moto reads, checks and writes an item in separate
+/// steps, so concurrent conditional writes can all pass; DynamoDB applies each atomically.
+const SERIALIZED_SERVER: &str = r#"
+import sys, threading
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication, MotoRequestHandler, create_backend_app)
+app = DomainDispatcherApplication(create_backend_app)
+lock = threading.Lock()
+def one_at_a_time(environ, start_response):
+    with lock:
+        return list(app(environ, start_response))
+run_simple(sys.argv[1], int(sys.argv[2]), one_at_a_time, threaded=True,
+           request_handler=MotoRequestHandler)
+"#;
+
 pub struct Moto {
     port: u16,
     child: Child,
@@ -25,7 +41,21 @@ pub struct Moto {
 impl Moto {
     /// Starts `moto_server` from the tools dir and waits until it answers HTTP.
     pub fn start() -> Self {
-        let bin = tools_bin("moto_server");
+        Self::start_with(false)
+    }
+
+    /// A moto that handles one request at a time, for tests of concurrent conditional writes
+    /// (not for SQS long polls, which would hold everything else up).
+    pub fn start_atomic() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(serialized: bool) -> Self {
+        let bin = if serialized {
+            tools_bin("python")
+        } else {
+            tools_bin("moto_server")
+        };
         let mut last_failure = String::new();
         // The port is picked free then released: another process may take it in between.
         for _ in 0..3 {
@@ -36,8 +66,15 @@ impl Moto {
                 .expect("temp dir for moto's log");
             let log = logs_dir.path().join("moto.log");
             let log_file = std::fs::File::create(&log).expect("moto log file");
-            let child = Command::new(&bin)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            let mut command = Command::new(&bin);
+            if serialized {
+                command
+                    .args(["-c", SERIALIZED_SERVER, "127.0.0.1", &port.to_string()])
+                    .env("MOTO_PORT", port.to_string());
+            } else {
+                command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+            }
+            let child = command
                 .stdin(Stdio::null())
                 .stdout(log_file.try_clone().expect("moto log file"))
                 .stderr(log_file)

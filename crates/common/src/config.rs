@@ -250,6 +250,13 @@ pub struct Settings {
     pub soundcloud_token_url: String,
     /// `SOUNDCLOUD_TOKEN_TIMEOUT_SECONDS`: the whole upstream exchange, connect to last byte.
     pub soundcloud_token_timeout: Duration,
+    /// `RATE_LIMIT_PER_MINUTE`: downloads and jobs a caller (principal + client address) may
+    /// create per minute, on average; 0 turns per-caller rate limits off.
+    pub rate_limit_per_minute: u32,
+    /// `RATE_LIMIT_BURST`: how many of them at once.
+    pub rate_limit_burst: u32,
+    /// `MAX_ACTIVE_JOBS_PER_CALLER`: queued or running jobs a caller may have; 0: no limit.
+    pub max_active_jobs_per_caller: u32,
 }
 
 pub const DEFAULT_BUCKET: &str = "xomcloud-downloads";
@@ -283,6 +290,13 @@ impl Settings {
                     }),
                 },
             }
+        };
+        let small = |name: &'static str, n: u64| -> Result<u32, ConfigError> {
+            u32::try_from(n).map_err(|_| ConfigError::Invalid {
+                name,
+                value: n.to_string(),
+                expected: "a whole number below 4294967296",
+            })
         };
         let flag = |name: &'static str, default: bool| -> Result<bool, ConfigError> {
             match text(name).map(|v| v.to_ascii_lowercase()).as_deref() {
@@ -337,6 +351,15 @@ impl Settings {
                 10,
                 1,
             )?),
+            rate_limit_per_minute: small(
+                "RATE_LIMIT_PER_MINUTE",
+                number("RATE_LIMIT_PER_MINUTE", 10, 0)?,
+            )?,
+            rate_limit_burst: small("RATE_LIMIT_BURST", number("RATE_LIMIT_BURST", 5, 1)?)?,
+            max_active_jobs_per_caller: small(
+                "MAX_ACTIVE_JOBS_PER_CALLER",
+                number("MAX_ACTIVE_JOBS_PER_CALLER", 3, 0)?,
+            )?,
         })
     }
 
@@ -388,6 +411,25 @@ mod tests {
         assert_eq!((s.max_job_tracks, s.job_workers), (200, 1));
         assert_eq!(s.job_ttl, Duration::from_secs(24 * 3600));
         assert!(s.jobs_table.is_none() && s.jobs_queue_url.is_none());
+        assert_eq!(
+            (
+                s.rate_limit_per_minute,
+                s.rate_limit_burst,
+                s.max_active_jobs_per_caller
+            ),
+            (10, 5, 3)
+        );
+        let off = Settings::from_vars(vars(&[
+            ("RATE_LIMIT_PER_MINUTE", "0"),
+            ("MAX_ACTIVE_JOBS_PER_CALLER", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (off.rate_limit_per_minute, off.max_active_jobs_per_caller),
+            (0, 0)
+        );
+        let err = Settings::from_vars(vars(&[("RATE_LIMIT_BURST", "0")])).unwrap_err();
+        assert!(err.to_string().contains("RATE_LIMIT_BURST"), "{err}");
         let err = Settings::from_vars(vars(&[("JOB_TTL_HOURS", "48")])).unwrap_err();
         assert!(err.to_string().contains("JOB_TTL_HOURS"), "{err}");
     }

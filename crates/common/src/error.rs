@@ -16,6 +16,10 @@ pub enum ApiError {
     /// The request contradicts the resource's state (cancelling a finished job).
     #[error("{0}")]
     Conflict(String),
+    /// The caller is over a per-caller limit; the answer also carries `Retry-After` and the
+    /// `RateLimit` fields.
+    #[error("{0}")]
+    RateLimited(String),
     #[error("{message}")]
     Download {
         message: String,
@@ -50,6 +54,7 @@ impl ApiError {
             Self::Forbidden(_) => "FORBIDDEN",
             Self::NotFound(_) => "NOT_FOUND",
             Self::Conflict(_) => "CONFLICT",
+            Self::RateLimited(_) => "RATE_LIMITED",
             Self::Download { .. } => "DOWNLOAD_ERROR",
             Self::Upstream { .. } => "UPSTREAM_ERROR",
             Self::UpstreamTimeout(_) => "UPSTREAM_TIMEOUT",
@@ -65,6 +70,7 @@ impl ApiError {
             Self::Forbidden(_) => 403,
             Self::NotFound(_) => 404,
             Self::Conflict(_) => 409,
+            Self::RateLimited(_) => 429,
             // Every track failed upstream: the gateway to SoundCloud failed, not our server.
             Self::Download { .. } => 502,
             Self::Upstream { status, .. } => *status,
@@ -81,7 +87,8 @@ impl ApiError {
             | Self::Auth(m)
             | Self::Forbidden(m)
             | Self::NotFound(m)
-            | Self::Conflict(m) => m,
+            | Self::Conflict(m)
+            | Self::RateLimited(m) => m,
             Self::Download { message, .. } | Self::Upstream { message, .. } => message,
             Self::UpstreamTimeout(m) | Self::Config(m) => m,
             Self::Internal(_) => "An unexpected error occurred",
@@ -120,6 +127,7 @@ mod tests {
             (ApiError::Forbidden("x".into()), "FORBIDDEN", 403),
             (ApiError::NotFound("x".into()), "NOT_FOUND", 404),
             (ApiError::Conflict("x".into()), "CONFLICT", 409),
+            (ApiError::RateLimited("x".into()), "RATE_LIMITED", 429),
             (
                 ApiError::Download {
                     message: "x".into(),

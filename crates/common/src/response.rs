@@ -10,8 +10,10 @@ pub const DEFAULT_ALLOW_ORIGIN: &str = "https://xomcloud.xomware.com";
 /// of them), and the jobs API's `Idempotency-Key`.
 pub const ALLOW_HEADERS: &str = "Authorization,Content-Type,X-Amz-Date,X-Amz-Security-Token,X-Api-Key,Origin,Accept,Access-Control-Allow-Origin,Accept-Language,Idempotency-Key";
 pub const ALLOW_METHODS: &str = "GET,POST,DELETE,OPTIONS";
-/// A job's `202` names its status URL in `Location`; scripts in the browser may read it.
-pub const EXPOSE_HEADERS: &str = "Location";
+/// Headers scripts in the browser may read: a job's `202` names its status URL in `Location`;
+/// creations carry the caller's budget (`RateLimit-Policy`, `RateLimit`) and a 429 when to
+/// retry (`Retry-After`).
+pub const EXPOSE_HEADERS: &str = "Location,Retry-After,RateLimit,RateLimit-Policy";
 
 /// The CORS policy: one allowed origin, never `*` (the API takes credentials).
 #[derive(Clone, Debug)]
@@ -118,7 +120,10 @@ mod tests {
             header(&r, "access-control-allow-methods"),
             "GET,POST,DELETE,OPTIONS"
         );
-        assert_eq!(header(&r, "access-control-expose-headers"), "Location");
+        assert_eq!(
+            header(&r, "access-control-expose-headers"),
+            "Location,Retry-After,RateLimit,RateLimit-Policy"
+        );
         assert_eq!(header(&r, "content-type"), "application/json");
         assert_eq!(cors.ok(None).body(), r#"{"success":true}"#);
     }

@@ -37,6 +37,16 @@ pub fn principal(request: &Request) -> Option<String> {
     }
 }
 
+/// The client's address as API Gateway saw it: REST `requestContext.identity.sourceIp`, HTTP
+/// API `requestContext.http.sourceIp`.
+pub fn source_ip(request: &Request) -> Option<String> {
+    match request.request_context_ref()? {
+        RequestContext::ApiGatewayV1(ctx) => ctx.identity.source_ip.clone(),
+        RequestContext::ApiGatewayV2(ctx) => ctx.http.source_ip.clone(),
+        _ => None,
+    }
+}
+
 /// Splits a path at its last `jobs` segment: `/prod/jobs/abc` → (`/prod/jobs`, `/abc`). `None`
 /// when the path is not the jobs API's (at most one segment may follow `jobs`).
 pub fn split_jobs_path(path: &str) -> Option<(&str, &str)> {
@@ -78,12 +88,18 @@ fn body_of(request: &Request) -> &[u8] {
 
 pub async fn respond(http: &Http, request: Request) -> Response<Body> {
     let principal = principal(&request);
+    let address = source_ip(&request);
     let body = body_of(&request);
     let path = request.uri().path().to_owned();
     let response = match split_jobs_path(&path) {
         None => {
             http.download
-                .handle(request.method(), body, principal.as_deref())
+                .handle(
+                    request.method(),
+                    body,
+                    principal.as_deref(),
+                    address.as_deref(),
+                )
                 .await
         }
         Some((_, rest)) => match &http.jobs {
@@ -98,6 +114,7 @@ pub async fn respond(http: &Http, request: Request) -> Response<Body> {
                     rest,
                     body,
                     principal: principal.as_deref(),
+                    address: address.as_deref(),
                     idempotency_key,
                     jobs_url: &jobs_url,
                 };

@@ -4,6 +4,7 @@
 
 pub mod jobs;
 pub mod lambda;
+pub mod limits;
 pub mod naming;
 pub mod pipeline;
 pub mod scdl;

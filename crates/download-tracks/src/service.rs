@@ -1,5 +1,6 @@
 //! The `/download` endpoint without any transport: the Lambda and the local server both call
-//! `DownloadService::handle` with a method, a body and the authorizer's principal.
+//! `DownloadService::handle` with a method, a body, the authorizer's principal and the client's
+//! address (for the per-caller rate limit).
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use xomcloud_common::response::Cors;
 use xomcloud_common::storage::Storage;
 use xomcloud_common::ApiError;
 
+use crate::limits::Limits;
 use crate::pipeline::{DownloadResult, Pipeline, Progress};
 use crate::scdl::{ScdlFetcher, TrackFetcher};
 use crate::validate::{key_owner, parse_request, Track};
@@ -20,6 +22,8 @@ pub struct DownloadService {
     pub scdl: ScdlFetcher,
     pub max_tracks: usize,
     pub cors: Cors,
+    /// Per-caller rate limit on downloads (off unless [`DownloadService::with_limits`]).
+    pub limits: Limits,
 }
 
 impl DownloadService {
@@ -35,29 +39,54 @@ impl DownloadService {
             },
             max_tracks: settings.max_tracks,
             cors: Cors::new(settings.cors_allow_origin.as_deref()),
+            limits: Limits::off(),
         }
     }
 
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// `address` is the client's (API Gateway's `sourceIp`, serve's peer); with the principal it
+    /// names the caller whose bucket a valid request draws from.
     pub async fn handle(
         &self,
         method: &Method,
         body: &[u8],
         principal: Option<&str>,
+        address: Option<&str>,
     ) -> Response<String> {
         match *method {
             Method::OPTIONS => self.cors.preflight(),
-            Method::POST => match self.post(body, principal).await {
-                Ok(result) => self.cors.ok(Some(serde_json::json!(result))),
-                Err(err) => self.cors.error(&err),
-            },
+            Method::POST => {
+                let request = match parse_request(body, self.max_tracks) {
+                    Ok(request) => request,
+                    Err(err) => return self.cors.error(&err),
+                };
+                let caller = xomcloud_jobs::limiter::caller_key(principal, address);
+                let budget = match self.limits.admit(&caller, &self.cors).await {
+                    Ok(budget) => budget,
+                    Err(refused) => return refused,
+                };
+                let mut response = match self.post(request, principal).await {
+                    Ok(result) => self.cors.ok(Some(serde_json::json!(result))),
+                    Err(err) => self.cors.error(&err),
+                };
+                budget.stamp(&mut response);
+                response
+            }
             _ => self.cors.error(&ApiError::NotFound(format!(
                 "{method} is not supported; use POST"
             ))),
         }
     }
 
-    async fn post(&self, body: &[u8], principal: Option<&str>) -> Result<DownloadResult, ApiError> {
-        let request = parse_request(body, self.max_tracks)?;
+    async fn post(
+        &self,
+        request: crate::validate::DownloadRequest,
+        principal: Option<&str>,
+    ) -> Result<DownloadResult, ApiError> {
         let owner = key_owner(principal, request.username.as_deref());
         tracing::info!(tracks = request.tracks.len(), "download requested");
         let result = self

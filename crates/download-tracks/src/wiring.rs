@@ -1,6 +1,7 @@
 //! Builds the Lambda functions' parts from the settings, once per cold start: S3 storage,
 //! secrets (env → SSM), and, when `JOBS_TABLE` and `JOBS_QUEUE_URL` are set, the DynamoDB job
-//! store and the SQS queue.
+//! store and the SQS queue. The per-caller rate limits keep their buckets in `JOBS_TABLE`:
+//! without it they are off (the stage's throttling still applies).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -9,12 +10,14 @@ use tokio::time::Instant;
 use xomcloud_common::config::{aws_config, env_then_ssm, ConfigError, Settings};
 use xomcloud_common::response::Cors;
 use xomcloud_common::storage::{S3Storage, Storage};
+use xomcloud_jobs::limiter::{Bucket, DynamoLimiter};
 use xomcloud_jobs::queue::{JobQueue, SqsQueue};
 use xomcloud_jobs::store::{DynamoStore, JobStore};
 
 use crate::jobs::worker::Worker;
 use crate::jobs::{JobRunner, JobsApi};
 use crate::lambda::Http;
+use crate::limits::Limits;
 use crate::service::DownloadService;
 
 /// The image command (`_HANDLER`) that makes the download image the jobs worker.
@@ -25,6 +28,7 @@ pub struct Aws {
     pub storage: Arc<dyn Storage>,
     pub download: Arc<DownloadService>,
     pub jobs: Option<(Arc<dyn JobStore>, Arc<dyn JobQueue>)>,
+    pub limits: Limits,
 }
 
 pub async fn aws() -> Result<Aws, ConfigError> {
@@ -35,14 +39,23 @@ pub async fn aws() -> Result<Aws, ConfigError> {
         settings.bucket_or_default(),
         settings.s3_endpoint.is_some(),
     ));
-    let download = Arc::new(DownloadService::new(
-        &settings,
-        storage.clone(),
-        env_then_ssm(&sdk, &settings.ssm_prefix),
-    ));
+    let limits = aws_limits(&settings, |table, bucket| {
+        DynamoLimiter::from_sdk(&sdk, table, bucket)
+    });
+    let download = Arc::new(
+        DownloadService::new(
+            &settings,
+            storage.clone(),
+            env_then_ssm(&sdk, &settings.ssm_prefix),
+        )
+        .with_limits(limits.clone()),
+    );
     let jobs = match (&settings.jobs_table, &settings.jobs_queue_url) {
         (Some(table), Some(queue)) => Some((
-            Arc::new(DynamoStore::from_sdk(&sdk, table)) as Arc<dyn JobStore>,
+            Arc::new(
+                DynamoStore::from_sdk(&sdk, table)
+                    .with_active_limit(settings.max_active_jobs_per_caller),
+            ) as Arc<dyn JobStore>,
             Arc::new(SqsQueue::from_sdk(&sdk, queue)) as Arc<dyn JobQueue>,
         )),
         _ => None,
@@ -52,15 +65,45 @@ pub async fn aws() -> Result<Aws, ConfigError> {
         storage,
         download,
         jobs,
+        limits,
     })
 }
 
-/// The jobs API over any store and queue (the Lambda's, or `xomcloud serve`'s embedded ones).
+/// The buckets live in the jobs table; without one (the Terraform-made function as it is) only
+/// the stage's throttling limits callers, and the start-up log says so.
+fn aws_limits(settings: &Settings, dynamo: impl FnOnce(&str, Bucket) -> DynamoLimiter) -> Limits {
+    let bucket = Bucket::new(settings.rate_limit_per_minute, settings.rate_limit_burst);
+    match (bucket, &settings.jobs_table) {
+        (Some(bucket), Some(table)) => {
+            tracing::info!(
+                per_minute = bucket.per_minute(),
+                burst = bucket.burst(),
+                "per-caller rate limits on, buckets in JOBS_TABLE"
+            );
+            Limits::new(Arc::new(dynamo(table, bucket)))
+        }
+        (Some(_), None) => {
+            tracing::info!(
+                "per-caller rate limits are off: no JOBS_TABLE to keep them in (API Gateway's \
+                 stage throttling still applies)"
+            );
+            Limits::off()
+        }
+        (None, _) => {
+            tracing::info!("per-caller rate limits are off: RATE_LIMIT_PER_MINUTE=0");
+            Limits::off()
+        }
+    }
+}
+
+/// The jobs API over any store and queue (the Lambda's, or `xomcloud serve`'s embedded ones),
+/// drawing from the same rate limits as `/download`.
 pub fn jobs_api(
     settings: &Settings,
     store: Arc<dyn JobStore>,
     queue: Arc<dyn JobQueue>,
     storage: Arc<dyn Storage>,
+    limits: Limits,
 ) -> JobsApi {
     JobsApi {
         store,
@@ -70,6 +113,8 @@ pub fn jobs_api(
         ttl: settings.job_ttl,
         presign_expiry: settings.presigned_expiry,
         cors: Cors::new(settings.cors_allow_origin.as_deref()),
+        limits,
+        max_active_jobs: settings.max_active_jobs_per_caller,
     }
 }
 
@@ -97,6 +142,7 @@ impl Aws {
                     store.clone(),
                     queue.clone(),
                     self.storage.clone(),
+                    self.limits.clone(),
                 )
             }),
         }

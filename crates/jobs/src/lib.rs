@@ -1,7 +1,8 @@
 //! Asynchronous download jobs: the job model and its allowed state changes (`model`), where
 //! jobs are kept (`store`: DynamoDB or SQLite) and how they reach a worker (`queue`: SQS or an
-//! in-process channel).
+//! in-process channel), and the per-caller rate limits on creating them (`limiter`).
 
+pub mod limiter;
 pub mod model;
 pub mod queue;
 pub mod store;

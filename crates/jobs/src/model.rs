@@ -177,6 +177,11 @@ pub struct Job {
     /// The zip's storage key once `Done`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zip_key: Option<String>,
+    /// The creating caller's key (a hash of principal and address,
+    /// [`crate::limiter::caller_key`]): a store with an active-jobs limit counts the job against
+    /// it until the job is final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<String>,
     pub tracks: Vec<TrackRecord>,
 }
 
@@ -198,8 +203,15 @@ impl Job {
             expires_at: now.saturating_add(ttl_seconds),
             error: None,
             zip_key: None,
+            caller: None,
             tracks: specs.into_iter().map(TrackRecord::queued).collect(),
         }
+    }
+
+    /// The same job, counted against `caller`'s active jobs.
+    pub fn with_caller(mut self, caller: impl Into<String>) -> Job {
+        self.caller = Some(caller.into());
+        self
     }
 
     pub fn done_count(&self) -> usize {

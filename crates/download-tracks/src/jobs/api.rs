@@ -1,6 +1,6 @@
 //! `POST /jobs`, `GET /jobs/{id}`, `DELETE /jobs/{id}` without any transport: the Lambda and the
 //! local server call `JobsApi::handle` with the method, the path after `/jobs`, the body, the
-//! authorizer's principal and the URL the caller used for `/jobs`.
+//! authorizer's principal, the client's address and the URL the caller used for `/jobs`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +15,7 @@ use xomcloud_jobs::model::{is_job_id, new_job_id, Job, JobStatus, Outcome, Track
 use xomcloud_jobs::queue::{JobMessage, JobQueue};
 use xomcloud_jobs::store::{Created, JobStore};
 
+use crate::limits::{too_many_active, Limits};
 use crate::validate::parse_request;
 
 /// Longest accepted `Idempotency-Key`.
@@ -26,6 +27,9 @@ pub struct JobsRequest<'a> {
     pub rest: &'a str,
     pub body: &'a [u8],
     pub principal: Option<&'a str>,
+    /// The client's address (API Gateway's `sourceIp`, serve's peer): with the principal, the
+    /// caller that rate limits and the active-jobs limit count.
+    pub address: Option<&'a str>,
     pub idempotency_key: Option<&'a str>,
     /// The absolute URL of `/jobs` as the caller reached it (stage prefix included).
     pub jobs_url: &'a str,
@@ -39,6 +43,10 @@ pub struct JobsApi {
     pub ttl: Duration,
     pub presign_expiry: Duration,
     pub cors: Cors,
+    /// Per-caller rate limit on creating jobs (shared with `/download`).
+    pub limits: Limits,
+    /// `MAX_ACTIVE_JOBS_PER_CALLER`, which the store enforces (0: none); named in the 429.
+    pub max_active_jobs: u32,
 }
 
 #[derive(Serialize)]
@@ -113,12 +121,19 @@ impl JobsApi {
             .ok_or_else(|| ApiError::Auth("Jobs need an authenticated caller".into()))
     }
 
+    /// A valid creation takes a token of its caller's bucket first; its answer, whatever it is,
+    /// carries the caller's budget.
     async fn create(&self, request: &JobsRequest<'_>) -> Result<Response<String>, ApiError> {
         let owner = self.principal(request.principal)?;
         if let Some(key) = request.idempotency_key {
             check_idempotency_key(key)?;
         }
         let parsed = parse_request(request.body, self.max_tracks)?;
+        let caller = xomcloud_jobs::limiter::caller_key(request.principal, request.address);
+        let budget = match self.limits.admit(&caller, &self.cors).await {
+            Ok(budget) => budget,
+            Err(refused) => return Ok(refused),
+        };
         let specs = parsed.tracks.into_iter().map(TrackSpec::from).collect();
         let job = Job::new(
             new_job_id(),
@@ -126,12 +141,30 @@ impl JobsApi {
             specs,
             unix_now(),
             self.ttl.as_secs(),
-        );
+        )
+        .with_caller(caller);
+        let mut response = match self.store_and_queue(&job, request).await {
+            Ok(Some(response)) => response,
+            Ok(None) => too_many_active(&self.cors, self.max_active_jobs, budget),
+            Err(err) => self.cors.error(&err),
+        };
+        budget.stamp(&mut response);
+        Ok(response)
+    }
+
+    /// The 202 of a new (or idempotently repeated) job; `None` when the caller has too many
+    /// active jobs.
+    async fn store_and_queue(
+        &self,
+        job: &Job,
+        request: &JobsRequest<'_>,
+    ) -> Result<Option<Response<String>>, ApiError> {
         let created = self
             .store
-            .create(&job, request.idempotency_key)
+            .create(job, request.idempotency_key)
             .await
             .map_err(ApiError::internal)?;
+        let existing;
         let job = match created {
             Created::New => {
                 let message = JobMessage {
@@ -151,12 +184,19 @@ impl JobsApi {
                 tracing::info!(job = %job.id, tracks = job.tracks.len(), "job queued");
                 job
             }
-            Created::Existing(id) => self
-                .store
-                .get(&id)
-                .await
-                .map_err(ApiError::internal)?
-                .ok_or_else(|| ApiError::internal("an idempotency key names a missing job"))?,
+            Created::TooManyActive => {
+                tracing::info!(caller = job.caller.as_deref(), "too many active jobs");
+                return Ok(None);
+            }
+            Created::Existing(id) => {
+                existing = self
+                    .store
+                    .get(&id)
+                    .await
+                    .map_err(ApiError::internal)?
+                    .ok_or_else(|| ApiError::internal("an idempotency key names a missing job"))?;
+                &existing
+            }
         };
         let status_url = format!("{}/{}", request.jobs_url.trim_end_matches('/'), job.id);
         let body = json!({"data": {
@@ -169,7 +209,7 @@ impl JobsApi {
         if let Ok(location) = HeaderValue::from_str(&status_url) {
             response.headers_mut().insert(header::LOCATION, location);
         }
-        Ok(response)
+        Ok(Some(response))
     }
 
     /// The caller's job; another principal's, a malformed or an unknown id are all the same 404.

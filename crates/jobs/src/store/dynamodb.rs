@@ -5,7 +5,12 @@
 //! | job   | `job#{id}`          | `job`          | id, owner, status, created_at, updated_at, expires_at, error?, zip_key?, total |
 //! | track | `job#{id}`          | `track#{i:05}` | the `TrackRecord` fields, expires_at |
 //! | claim | `idem#{sha256 hex}` | `idem`         | job_id, expires_at |
+//! | slots | `caller#{hash}`     | `active`       | active (count), expires_at |
 //!
+//! A job whose caller is counted (`with_active_limit`) takes a slot with one conditional
+//! `UpdateItem` (`active < limit`) before it is written, and gives it back (`active > 0`) after
+//! the one transition that makes it final; its job item then carries `caller`. The slots item
+//! lives as long as the caller's latest job; a count whose item is past that is void.
 //! A job is split into one item per track because a 200-track job (2 KiB URLs) is larger than
 //! DynamoDB's 400 KB item limit. Every item carries `expires_at`, the table's TTL attribute.
 
@@ -16,18 +21,20 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
-    ScalarAttributeType, TimeToLiveSpecification, WriteRequest,
+    ReturnValue, ScalarAttributeType, TimeToLiveSpecification, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 use serde::{Deserialize, Serialize};
 
 use super::{check_transition, Created, JobStore, StoreError};
+use crate::limiter::dynamodb::caller_pk;
 use crate::model::{is_job_id, unix_now, Job, JobStatus, Outcome, TrackRecord, TrackUpdate};
 
 type Item = HashMap<String, AttributeValue>;
 
 const JOB_SK: &str = "job";
 const IDEM_SK: &str = "idem";
+const SLOTS_SK: &str = "active";
 const TRACK_SK_PREFIX: &str = "track#";
 /// The sort key's `{index:05}` keeps tracks in order up to this many.
 const MAX_TRACKS: usize = 100_000;
@@ -41,6 +48,8 @@ pub struct DynamoStore {
     client: Client,
     table: String,
     page_size: Option<i32>,
+    /// Queued or running jobs a caller may have at once; 0: no limit.
+    active_limit: u32,
 }
 
 impl DynamoStore {
@@ -49,7 +58,14 @@ impl DynamoStore {
             client,
             table: table.into(),
             page_size: None,
+            active_limit: 0,
         }
+    }
+
+    /// Refuses a job whose caller already has `limit` queued or running jobs (0: no limit).
+    pub fn with_active_limit(mut self, limit: u32) -> Self {
+        self.active_limit = limit;
+        self
     }
 
     /// A store on a client built from the shared SDK configuration (region, credentials,
@@ -121,6 +137,100 @@ impl DynamoStore {
         )))
     }
 
+    /// Takes one of `caller`'s active-job slots for `job`; `Ok(false)` when all are taken.
+    async fn take_slot(&self, caller: &str, job: &Job) -> Result<bool, StoreError> {
+        let limit = number(self.active_limit);
+        let expires = number(job.expires_at);
+        for _ in 0..3 {
+            let take = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key_of(&caller_pk(caller), SLOTS_SK)))
+                .update_expression(
+                    "SET active = if_not_exists(active, :zero) + :one, expires_at = :exp",
+                )
+                .condition_expression("attribute_not_exists(active) OR active < :limit")
+                .expression_attribute_values(":zero", number(0u64))
+                .expression_attribute_values(":one", number(1u64))
+                .expression_attribute_values(":limit", limit.clone())
+                .expression_attribute_values(":exp", expires.clone())
+                .send()
+                .await;
+            match take {
+                Ok(_) => return Ok(true),
+                Err(e) if !is_conditional_failure_update(&e) => {
+                    return Err(sdk_error("UpdateItem (take a slot)", e))
+                }
+                Err(_) => {}
+            }
+            // All taken, unless the count outlived every job it counted (a job that never
+            // ended, e.g. its queue message was lost): then it starts again from this job.
+            let held = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .set_key(Some(key_of(&caller_pk(caller), SLOTS_SK)))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(|e| sdk_error("GetItem (slots)", e))?;
+            let held_until = held
+                .item
+                .as_ref()
+                .and_then(|item| item.get("expires_at"))
+                .and_then(|v| v.as_n().ok())
+                .and_then(|n| n.parse::<u64>().ok());
+            let Some(held_until) = held_until.filter(|t| *t < job.created_at) else {
+                return Ok(false);
+            };
+            let restart = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(key_of(&caller_pk(caller), SLOTS_SK)))
+                .update_expression("SET active = :one, expires_at = :exp")
+                .condition_expression("expires_at = :held")
+                .expression_attribute_values(":one", number(1u64))
+                .expression_attribute_values(":exp", expires.clone())
+                .expression_attribute_values(":held", number(held_until))
+                .send()
+                .await;
+            match restart {
+                Ok(_) => return Ok(true),
+                Err(e) if !is_conditional_failure_update(&e) => {
+                    return Err(sdk_error("UpdateItem (restart the slots)", e))
+                }
+                Err(_) => {}
+            }
+        }
+        Err(StoreError(format!(
+            "the slots of caller {caller} kept changing"
+        )))
+    }
+
+    /// Gives one of `caller`'s slots back; never below zero (a restarted count has no debt).
+    async fn free_slot(&self, caller: &str) {
+        let free = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(&caller_pk(caller), SLOTS_SK)))
+            .update_expression("SET active = active - :one")
+            .condition_expression("active > :zero")
+            .expression_attribute_values(":zero", number(0u64))
+            .expression_attribute_values(":one", number(1u64))
+            .send()
+            .await;
+        match free {
+            Ok(_) => {}
+            Err(e) if is_conditional_failure_update(&e) => {}
+            Err(e) => {
+                tracing::error!(caller, error = %DisplayErrorContext(&e), "cannot free an active-job slot")
+            }
+        }
+    }
+
     /// Drops our claim after a failed create, so a retry with the same key can succeed.
     async fn release(&self, pk: &str, job_id: &str) {
         let released = self
@@ -137,8 +247,9 @@ impl DynamoStore {
         }
     }
 
-    /// The tracks first, the job item last: a job is visible only once all of it is stored.
-    async fn write_job(&self, job: &Job) -> Result<(), StoreError> {
+    /// The tracks first, the job item last: a job is visible only once all of it is stored. The
+    /// job item names `slot_of` when the job holds one of that caller's slots.
+    async fn write_job(&self, job: &Job, slot_of: Option<&str>) -> Result<(), StoreError> {
         let pk = job_pk(&job.id);
         let mut requests = Vec::with_capacity(job.tracks.len());
         for (index, track) in job.tracks.iter().enumerate() {
@@ -161,7 +272,9 @@ impl DynamoStore {
         }
         futures::future::try_join_all(batches).await?;
 
-        let item = to_item(&JobItem::from_job(job))?;
+        let mut item = JobItem::from_job(job);
+        item.caller = slot_of.map(str::to_owned);
+        let item = to_item(&item)?;
         self.client
             .put_item()
             .table_name(&self.table)
@@ -254,12 +367,28 @@ impl JobStore for DynamoStore {
             },
             None => None,
         };
-        match self.write_job(job).await {
+        let slot = match (job.caller.as_deref(), self.active_limit) {
+            (Some(caller), 1..) => match self.take_slot(caller, job).await {
+                Ok(true) => Some(caller),
+                taken => {
+                    if let Some(pk) = &claim {
+                        self.release(pk, &job.id).await;
+                    }
+                    return taken.map(|_| Created::TooManyActive);
+                }
+            },
+            _ => None,
+        };
+        match self.write_job(job, slot).await {
             Ok(()) => Ok(Created::New),
             Err(e) => {
-                // Track items already written expire with the TTL; only the claim needs undoing.
+                // Track items already written expire with the TTL; the claim and the slot need
+                // undoing.
                 if let Some(pk) = claim {
                     self.release(&pk, &job.id).await;
+                }
+                if let Some(caller) = slot {
+                    self.free_slot(caller).await;
                 }
                 Err(e)
             }
@@ -396,10 +525,23 @@ impl JobStore for DynamoStore {
             .update_expression(format!("SET {}", set.join(", ")))
             // A missing item has no status, so a vanished job fails the condition too.
             .condition_expression(format!("#s IN ({})", sources.join(", ")))
+            .return_values(ReturnValue::AllNew)
             .send()
             .await;
         match result {
-            Ok(_) => Ok(true),
+            Ok(out) => {
+                // This write made the job final (no other can: nothing leaves a final state),
+                // so its slot is given back exactly once.
+                let caller = out
+                    .attributes
+                    .as_ref()
+                    .and_then(|item| item.get("caller"))
+                    .and_then(|v| v.as_s().ok());
+                if let (true, Some(caller)) = (to.is_final(), caller) {
+                    self.free_slot(caller).await;
+                }
+                Ok(true)
+            }
             Err(e) if is_conditional_failure_update(&e) => Ok(false),
             Err(e) => Err(sdk_error("UpdateItem (transition)", e)),
         }
@@ -538,6 +680,9 @@ struct JobItem {
     error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     zip_key: Option<String>,
+    /// The caller whose active-job slot the job holds until it is final.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    caller: Option<String>,
     /// How many track items belong to the job (a read can tell a whole job from a partial one).
     total: usize,
 }
@@ -555,6 +700,7 @@ impl JobItem {
             expires_at: job.expires_at,
             error: job.error.clone(),
             zip_key: job.zip_key.clone(),
+            caller: job.caller.clone(),
             total: job.tracks.len(),
         }
     }
@@ -569,6 +715,7 @@ impl JobItem {
             expires_at: self.expires_at,
             error: self.error,
             zip_key: self.zip_key,
+            caller: self.caller,
             tracks,
         }
     }

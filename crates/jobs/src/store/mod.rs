@@ -19,6 +19,9 @@ pub enum Created {
     New,
     /// The job id that the idempotency key already names.
     Existing(String),
+    /// Nothing stored: the job's caller already has the store's limit of active (queued or
+    /// running) jobs.
+    TooManyActive,
 }
 
 #[async_trait]
@@ -26,6 +29,12 @@ pub trait JobStore: Send + Sync {
     /// Stores a new job. With `idempotency_key`: when (job.owner, key) already names a job, stores
     /// nothing and returns `Existing(id)` (a claim with one conditional write; a racing second
     /// create also gets Existing). A key whose job has expired is free again.
+    ///
+    /// With an active-jobs limit (`with_active_limit`) and `job.caller` set: when that caller
+    /// already has the limit of queued or running jobs, stores nothing and returns
+    /// `TooManyActive`. The check and the store are one conditional write, so concurrent
+    /// creations cannot pass the limit together; the job stops counting when a `transition`
+    /// makes it final (done, failed, cancelled), once, whoever wins that transition.
     async fn create(&self, job: &Job, idempotency_key: Option<&str>)
         -> Result<Created, StoreError>;
 

@@ -13,7 +13,7 @@ use crate::model::{
     unix_now, Job, JobStatus, Outcome, TrackRecord, TrackSpec, TrackState, TrackUpdate,
 };
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE jobs (
@@ -25,12 +25,14 @@ CREATE TABLE jobs (
     expires_at INTEGER NOT NULL,
     error      TEXT,
     zip_key    TEXT,
-    idem_key   TEXT
+    idem_key   TEXT,
+    caller     TEXT
 );
 -- NULL keys are distinct in a UNIQUE index, so jobs without a key never collide.
 CREATE UNIQUE INDEX jobs_owner_idem ON jobs (owner, idem_key);
 CREATE INDEX jobs_status_created ON jobs (status, created_at);
 CREATE INDEX jobs_expires ON jobs (expires_at);
+CREATE INDEX jobs_caller_status ON jobs (caller, status);
 CREATE TABLE tracks (
     job_id   TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
     idx      INTEGER NOT NULL,
@@ -47,11 +49,19 @@ CREATE TABLE tracks (
 ) WITHOUT ROWID;
 ";
 
+/// Version 1 → 2: the creating caller, counted against `MAX_ACTIVE_JOBS_PER_CALLER`.
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE jobs ADD COLUMN caller TEXT;
+CREATE INDEX jobs_caller_status ON jobs (caller, status);
+";
+
 /// Jobs in SQLite. rusqlite is blocking, so every call runs on tokio's blocking pool, one at a
 /// time through the mutex (SQLite has one writer anyway).
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// Queued or running jobs a caller may have at once; 0: no limit.
+    active_limit: u32,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -101,6 +111,12 @@ impl SqliteStore {
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(sql("user_version"))?;
             }
+            1 => {
+                tx.execute_batch(MIGRATE_1_TO_2)
+                    .map_err(sql("migrate schema"))?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+                    .map_err(sql("user_version"))?;
+            }
             SCHEMA_VERSION => {}
             other => {
                 return Err(StoreError(format!(
@@ -111,7 +127,14 @@ impl SqliteStore {
         tx.commit().map_err(sql("commit schema"))?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            active_limit: 0,
         })
+    }
+
+    /// Refuses a job whose caller already has `limit` queued or running jobs (0: no limit).
+    pub fn with_active_limit(mut self, limit: u32) -> Self {
+        self.active_limit = limit;
+        self
     }
 
     /// Ids of queued or running jobs, oldest first (to resume them after a restart).
@@ -169,7 +192,8 @@ impl JobStore for SqliteStore {
     ) -> Result<Created, StoreError> {
         let job = job.clone();
         let key = idempotency_key.map(str::to_owned);
-        self.with_conn(move |conn| create(conn, &job, key.as_deref()))
+        let limit = self.active_limit;
+        self.with_conn(move |conn| create(conn, &job, key.as_deref(), limit))
             .await
     }
 
@@ -269,7 +293,12 @@ impl JobStore for SqliteStore {
     }
 }
 
-fn create(conn: &mut Connection, job: &Job, key: Option<&str>) -> Result<Created, StoreError> {
+fn create(
+    conn: &mut Connection,
+    job: &Job,
+    key: Option<&str>,
+    active_limit: u32,
+) -> Result<Created, StoreError> {
     // IMMEDIATE takes the write lock first, so a racing create (this process or another) waits
     // here instead of both seeing the key free.
     let tx = conn
@@ -298,9 +327,28 @@ fn create(conn: &mut Connection, job: &Job, key: Option<&str>) -> Result<Created
             None => {}
         }
     }
+    // Counted inside the same write transaction as the insert: no racing create slips past.
+    if let (Some(caller), 1..) = (&job.caller, active_limit) {
+        let active: i64 = tx
+            .query_row(
+                "SELECT COUNT(*) FROM jobs WHERE caller = ?1 AND status IN (?2, ?3) \
+                 AND expires_at >= ?4",
+                params![
+                    caller,
+                    JobStatus::Queued.as_str(),
+                    JobStatus::Running.as_str(),
+                    created_at
+                ],
+                |row| row.get(0),
+            )
+            .map_err(sql("count active jobs"))?;
+        if active >= i64::from(active_limit) {
+            return Ok(Created::TooManyActive);
+        }
+    }
     tx.execute(
         "INSERT INTO jobs (id, owner, status, created_at, updated_at, expires_at, error, zip_key, \
-         idem_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+         idem_key, caller) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
             job.id,
             job.owner,
@@ -310,7 +358,8 @@ fn create(conn: &mut Connection, job: &Job, key: Option<&str>) -> Result<Created
             to_i64(job.expires_at)?,
             job.error,
             job.zip_key,
-            key
+            key,
+            job.caller
         ],
     )
     .map_err(sql("insert job"))?;
@@ -348,7 +397,7 @@ fn get(conn: &mut Connection, id: &str) -> Result<Option<Job>, StoreError> {
     let tx = conn.transaction().map_err(sql("begin"))?;
     let row = tx
         .query_row(
-            "SELECT owner, status, created_at, updated_at, expires_at, error, zip_key \
+            "SELECT owner, status, created_at, updated_at, expires_at, error, zip_key, caller \
              FROM jobs WHERE id = ?1",
             params![id],
             |row| {
@@ -360,12 +409,14 @@ fn get(conn: &mut Connection, id: &str) -> Result<Option<Job>, StoreError> {
                     row.get::<_, i64>(4)?,
                     row.get::<_, Option<String>>(5)?,
                     row.get::<_, Option<String>>(6)?,
+                    row.get::<_, Option<String>>(7)?,
                 ))
             },
         )
         .optional()
         .map_err(sql("get job"))?;
-    let Some((owner, status, created_at, updated_at, expires_at, error, zip_key)) = row else {
+    let Some((owner, status, created_at, updated_at, expires_at, error, zip_key, caller)) = row
+    else {
         return Ok(None);
     };
     let mut stmt = tx
@@ -413,6 +464,7 @@ fn get(conn: &mut Connection, id: &str) -> Result<Option<Job>, StoreError> {
         expires_at: to_u64(expires_at)?,
         error,
         zip_key,
+        caller,
         tracks,
     }))
 }
@@ -710,6 +762,33 @@ mod tests {
         assert_eq!(
             reopened.create(&retry, Some("key")).await.unwrap(),
             Created::Existing(job.id.clone())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_version_1_file_gains_the_caller_column_and_keeps_its_jobs() {
+        let (_dir, path, store) = temp_store();
+        let old = job("alice", 2, 100);
+        store.create(&old, None).await.unwrap();
+        drop(store);
+        // Back to version 1: the same tables without `caller`.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "DROP INDEX jobs_caller_status; ALTER TABLE jobs DROP COLUMN caller; \
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(conn);
+
+        let store = SqliteStore::open(&path).unwrap().with_active_limit(1);
+        assert_eq!(store.get(&old.id).await.unwrap(), Some(old));
+        let counted = job("alice", 1, 200).with_caller("c");
+        assert_eq!(store.create(&counted, None).await.unwrap(), Created::New);
+        assert_eq!(store.get(&counted.id).await.unwrap(), Some(counted));
+        let second = job("alice", 1, 201).with_caller("c");
+        assert_eq!(
+            store.create(&second, None).await.unwrap(),
+            Created::TooManyActive
         );
     }
 
