@@ -32,6 +32,16 @@ pub async fn run() -> Result<ExitCode, String> {
             println!("         then:    export SCDL_BIN=$PWD/.venv/bin/scdl");
         }
     }
+    // A job's links are resolved by the yt-dlp that scdl brings (`YT_DLP_BIN`).
+    let yt_dlp = s.yt_dlp_bin();
+    match version(&yt_dlp, "--version").await {
+        Some(v) => println!("ok       yt-dlp {v} ({})", yt_dlp.display()),
+        None => {
+            ok = false;
+            println!("MISSING  yt-dlp ({} does not run)", yt_dlp.display());
+            println!("         it comes with scdl (scripts/setup.sh); or set YT_DLP_BIN");
+        }
+    }
     match version(&s.ffmpeg_bin, "-version").await {
         Some(v) => println!("ok       {v}"),
         None => {

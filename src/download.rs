@@ -13,7 +13,7 @@ use xomcloud_common::storage::LocalStorage;
 use xomcloud_common::ApiError;
 use xomcloud_download_tracks::pipeline::{DownloadResult, TrackState};
 use xomcloud_download_tracks::service::DownloadService;
-use xomcloud_download_tracks::validate::{check_url, Track};
+use xomcloud_download_tracks::validate::{check_url, is_set_url, Track};
 
 /// A track from a bare URL: `https://soundcloud.com/{artist}/{title}`.
 fn track(i: usize, url: &str) -> Track {
@@ -43,6 +43,12 @@ pub async fn run(urls: &[String], output: &Path) -> Result<ExitCode, String> {
     let mut tracks = Vec::new();
     for (i, url) in urls.iter().enumerate() {
         check_url(url).map_err(|why| format!("{url}: {why}"))?;
+        if is_set_url(url) {
+            // As `POST /download`: sets are expanded by jobs (`xomcloud serve`'s page or /jobs).
+            return Err(format!(
+                "{url}: a SoundCloud set; download takes single tracks (sets: POST /jobs)"
+            ));
+        }
         tracks.push(track(i, url));
     }
     let settings = crate::cli::settings()?;

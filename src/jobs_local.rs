@@ -56,7 +56,8 @@ pub async fn start(
                     return;
                 };
                 let fetcher = download.fetcher().await;
-                match runner.run(&job_id, fetcher, None).await {
+                let lookup = download.lookup().await;
+                match runner.run(&job_id, fetcher, &lookup, None).await {
                     Ok(RunOutcome::Settled(status)) => {
                         tracing::info!(job = %job_id, status = ?status, "run finished");
                     }

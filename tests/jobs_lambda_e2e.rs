@@ -1009,3 +1009,68 @@ async fn twenty_concurrent_jobs_from_one_caller_leave_three_active() {
     counts.sort();
     assert_eq!(counts, ["1", "3"]);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_set_link_expands_in_the_worker_into_its_tracks_in_order() {
+    // The real pinned yt-dlp against the fake SoundCloud API (tests/resolve_e2e.rs has the
+    // failure cases, through serve); the scdl stub fetches the tracks.
+    use support::soundcloud_api::{set_track_slugs, SoundCloudApi};
+    let mp3 = std::fs::read(support::media::sample_mp3()).unwrap();
+    let api = SoundCloudApi::start(mp3, Vec::new(), 3).await;
+    let work = tempfile::tempdir().unwrap();
+    let mut env = api.scdl_env(&work.path().join("pids"));
+    let yt_dlp = support::bins::tools_bin("yt-dlp");
+    env.push(("YT_DLP_BIN".into(), yt_dlp.to_str().unwrap().into()));
+    // Room for yt-dlp on a slow machine, and 3 × it under the worker's time (else it hands back).
+    env.push(("TRACK_TIMEOUT_SECONDS".into(), "30".into()));
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let h = Harness::start(&refs).await;
+
+    let set = json!({"url": "https://soundcloud.com/fake-artist/sets/n12-lambda"});
+    let (status, body, _) = h.post(&json!({ "tracks": [set] }), ALICE, None).await;
+    assert_eq!(status, 202, "{body}");
+    // The 202 comes before resolution: one entry so far.
+    assert_eq!(body["data"]["total"], 1);
+    let id = body["data"]["job_id"].as_str().unwrap().to_owned();
+    let message = h.receive(&h.queue_url).await.expect("the job's message");
+    let answer = h
+        .deliver(&message, &h.queue_url, &h.queue_arn, WORKER_TIME)
+        .await;
+    assert_eq!(
+        answer["batchItemFailures"],
+        json!([]),
+        "{}",
+        h.worker_logs()
+    );
+    assert!(h.receive(&h.queue_url).await.is_none(), "one delivery");
+
+    let (_, body) = h.get(&id, ALICE).await;
+    let d = &body["data"];
+    assert_eq!(d["status"], "done", "{body}\n{}", h.worker_logs());
+    assert_eq!(
+        (d["total"].clone(), d["done"].clone()),
+        (json!(12), json!(12))
+    );
+    let titles: Vec<String> = set_track_slugs("n12-lambda")
+        .iter()
+        .map(|s| format!("SoundCloud title of {s}"))
+        .collect();
+    let got: Vec<&str> = d["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, titles);
+    let entries = fetch_zip(d["download_url"].as_str().unwrap()).await;
+    let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
+    let expected: Vec<String> = titles
+        .iter()
+        .map(|t| format!("Fake Artist - {t}.mp3"))
+        .collect();
+    assert_eq!(names, expected);
+    assert_eq!(h.scdl_runs().len(), 12);
+    assert!(h.temp_is_empty());
+    assert!(h.job_objects().is_empty());
+    assert!(!h.worker_logs().contains(CLIENT_ID), "client id in logs");
+}

@@ -285,6 +285,72 @@ async fn contract(store: &dyn JobStore) {
         .is_err());
     assert!(store.update_track(&unknown, 0, &done_track).await.is_err());
     assert_eq!(store.get(&unknown).await.unwrap(), None, "no stray items");
+
+    replace_tracks_contract(store).await;
+}
+
+/// Resolution's write: a running job's tracks become the resolved list, all queued, and its
+/// total their count; growing (a set expanding) and shrinking alike; nothing else changes, and
+/// a job that is not running is left alone.
+async fn replace_tracks_contract(store: &dyn JobStore) {
+    use JobStatus::*;
+    let bare = TrackSpec {
+        id: String::new(),
+        url: "https://soundcloud.com/artist/sets/mix".into(),
+        title: String::new(),
+        artist: String::new(),
+    };
+    let job = job_of("carol", vec![bare.clone(), spec(1)]);
+    assert_eq!(store.create(&job, None).await.unwrap(), Created::New);
+    assert_eq!(
+        store.get(&job.id).await.unwrap().unwrap().tracks[0].spec,
+        bare
+    );
+    // Queued: not claimed by a runner yet.
+    assert!(!store.replace_tracks(&job.id, &[spec(9)]).await.unwrap());
+    assert!(store
+        .transition(&job.id, &[Queued], Running, &Outcome::default())
+        .await
+        .unwrap());
+
+    let grown: Vec<TrackSpec> = (10..40).map(spec).collect();
+    assert!(store.replace_tracks(&job.id, &grown).await.unwrap());
+    let after = store.get(&job.id).await.unwrap().unwrap();
+    assert_eq!(after.tracks.len(), 30);
+    assert!(after
+        .tracks
+        .iter()
+        .all(|t| t.state == TrackState::Queued && t.attempts == 0));
+    let specs: Vec<TrackSpec> = after.tracks.iter().map(|t| t.spec.clone()).collect();
+    assert_eq!(specs, grown);
+    assert_eq!(
+        (after.status, after.owner.as_str(), after.created_at),
+        (Running, "carol", job.created_at)
+    );
+    // The new tracks are the job's: they take updates like any other.
+    store
+        .update_track(&job.id, 29, &update(TrackState::Downloading, 1))
+        .await
+        .unwrap();
+    assert!(store
+        .update_track(&job.id, 30, &update(TrackState::Done, 1))
+        .await
+        .is_err());
+
+    let shrunk: Vec<TrackSpec> = (50..53).map(spec).collect();
+    assert!(store.replace_tracks(&job.id, &shrunk).await.unwrap());
+    let after = store.get(&job.id).await.unwrap().unwrap();
+    let specs: Vec<TrackSpec> = after.tracks.iter().map(|t| t.spec.clone()).collect();
+    assert_eq!(specs, shrunk);
+
+    // Final, or unknown: nothing changes.
+    assert!(store
+        .transition(&job.id, &[Running], Cancelled, &Outcome::default())
+        .await
+        .unwrap());
+    assert!(!store.replace_tracks(&job.id, &grown).await.unwrap());
+    assert_eq!(store.get(&job.id).await.unwrap().unwrap().tracks.len(), 3);
+    assert!(!store.replace_tracks(&new_job_id(), &grown).await.unwrap());
 }
 
 /// What every `JobStore` with an active-jobs limit of 3 must do.

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use stub::media;
 use stub::{stub_env, stub_scdl};
+use xomcloud_download_tracks::resolve::yt_dlp_args;
 use xomcloud_download_tracks::scdl::{classify, scdl_args, FetchError, YT_DLP_ARGS};
 
 /// Longest any single child may run before the test kills it and fails.
@@ -174,7 +175,7 @@ fn declared_options(help: &str) -> BTreeMap<String, bool> {
                         || token.starts_with('<')
                         || token
                             .chars()
-                            .all(|c| c.is_ascii_uppercase() || c == '_' || c == '-'));
+                            .all(|c| c.is_ascii_uppercase() || matches!(c, '_' | '-' | ':')));
                 break;
             }
         }
@@ -341,6 +342,63 @@ with YoutubeDL({"quiet": True, "no_warnings": True}) as ydl:
             out[f"{label}/{name}/sorted"] = [f["format_id"] for f in selector(ctx)]
 print(json.dumps(out))
 "#;
+
+/// A job's link resolution runs yt-dlp itself (`resolve.rs`): every option before `--` is one
+/// the pinned yt-dlp declares, each value where one is due, and the URLs come after `--`.
+#[test]
+fn resolution_flags_are_real_yt_dlp_options() {
+    let urls = vec![
+        "https://soundcloud.com/a/sets/b".to_owned(),
+        "https://soundcloud.com/a/c".to_owned(),
+    ];
+    let args = strings(&yt_dlp_args(&urls));
+    let split = args
+        .iter()
+        .position(|a| a == "--")
+        .expect("a -- before the URLs");
+    assert_eq!(&args[split + 1..], urls.as_slice());
+    let home = tempfile::tempdir().unwrap();
+    let help = run(isolated(&tool("yt-dlp"), home.path()).arg("--help"));
+    assert!(
+        help.status.success(),
+        "yt-dlp --help failed: {}",
+        help.stderr
+    );
+    let options = declared_options(&help.stdout);
+    assert!(
+        options.contains_key("--flat-playlist"),
+        "help parsing failed"
+    );
+    let mut i = 0;
+    let mut seen = Vec::new();
+    while i < split {
+        let token = args[i].as_str();
+        let takes_value = *options
+            .get(token)
+            .unwrap_or_else(|| panic!("{token} is not an option of yt-dlp (in .venv)"));
+        seen.push(token);
+        if takes_value {
+            let value = args.get(i + 1).filter(|_| i + 1 < split);
+            let value = value.unwrap_or_else(|| panic!("{token} needs a value"));
+            assert!(!value.starts_with('-'), "{token} takes {value:?}");
+            i += 1;
+        }
+        i += 1;
+    }
+    for needed in ["--dump-single-json", "--flat-playlist", "--ignore-config"] {
+        assert!(seen.contains(&needed), "{needed} missing from {args:?}");
+    }
+    // The real yt-dlp takes the whole command line (here with no URL reachable: the proxies
+    // point at a closed port, so it fails on the network, not on its options).
+    let ran = run(isolated(&tool("yt-dlp"), home.path())
+        .args(&args[..split])
+        .args(["--", "https://soundcloud.com/a/c"]));
+    assert!(
+        !ran.stderr.contains("no such option") && !ran.stderr.contains("error: "),
+        "yt-dlp refused our options: {}",
+        ran.stderr
+    );
+}
 
 #[test]
 fn yt_dlp_args_are_real_yt_dlp_options() {

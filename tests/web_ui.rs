@@ -575,10 +575,11 @@ async fn the_page_runs_pasted_links_as_a_job_and_links_the_zip() {
             );
             let rows = rows(&done);
             assert_eq!(row_states(&done), ["done", "done", "failed"]);
-            // Until the server resolves titles, a row shows its link.
-            for (row, slug) in rows.iter().zip(["bench-1", "bench-2", "notfound-3"]) {
-                assert_eq!(row["name"], format!("https://soundcloud.com/stub/{slug}"));
-            }
+            // The server resolved the links (the yt-dlp stub's titles); a link it could not
+            // resolve keeps the placeholder, so its row shows the link.
+            assert_eq!(rows[0]["name"], "Title of bench-1");
+            assert_eq!(rows[1]["name"], "Title of bench-2");
+            assert_eq!(rows[2]["name"], "https://soundcloud.com/stub/notfound-3");
             assert_eq!(rows[2]["reason"], "Track not found (deleted, private or a wrong URL)");
             assert_eq!(rows[0]["reason"], Value::Null);
             assert_eq!(done["counts"], "3 of 3 finished: 2 done, 1 failed");
@@ -596,7 +597,10 @@ async fn the_page_runs_pasted_links_as_a_job_and_links_the_zip() {
             assert_eq!(res.headers()["content-type"], "application/zip");
             let entries = support::zips::entries(&res.bytes().await.unwrap());
             let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
-            assert_eq!(names, ["Unknown Artist - Track 1.mp3", "Unknown Artist - Track 2.mp3"]);
+            assert_eq!(
+                names,
+                ["Stub Artist - Title of bench-1.mp3", "Stub Artist - Title of bench-2.mp3"]
+            );
             assert!(entries.iter().all(|(_, data)| data.len() == 20000));
 
             // Polling stopped with the job; nothing but this server was asked; no errors.
@@ -652,16 +656,22 @@ async fn a_reload_mid_job_shows_the_job_until_it_finishes() {
                 again["token"], running["token"],
                 "the token survives a reload"
             );
+            // The set link became its two tracks (the yt-dlp stub's), named by the server.
+            let names: Vec<Value> = rows(&again).iter().map(|r| r["name"].clone()).collect();
             assert_eq!(
-                rows(&again)[1]["name"],
-                "https://soundcloud.com/stub/sets/bench-2"
+                names,
+                [
+                    "Title of bench-1",
+                    "Title of bench-2-1",
+                    "Title of bench-2-2"
+                ]
             );
             assert_eq!(
                 again["recent"][0]["id"], *id,
                 "the job is in the recent list"
             );
             let done = b.until("the job done", |s| s["status"] == "done").await;
-            assert_eq!(row_states(&done), ["done", "done"]);
+            assert_eq!(row_states(&done), ["done", "done", "done"]);
             assert!(done["zip"].is_string());
             assert!(
                 done["width"].as_f64().unwrap() <= 400.0,

@@ -443,8 +443,8 @@
       return;
     }
     if (Date.now() < submitBlockedUntil) return;
-    // Until the server resolves titles, a track is its link: no title or artist is sent, so
-    // the server's own (later: SoundCloud's) metadata is never overridden by a guess.
+    // A track is its link: no title or artist is sent, so the job reads them from SoundCloud
+    // (and expands sets) when it starts; the ids only tie the rows to the links typed here.
     const tracks = links.map((l, i) => ({ id: `t${i + 1}`, url: l.url }));
     submitKey = submitKey || randomKey(); // a retry of the same links is the same job
     el.submit.disabled = true;

@@ -19,10 +19,23 @@
 //! | `ratelimit-*` | the stream URL (`/media/…`) answers 429 |
 //! | `broken-*` | HLS MP3 whose second segment answers 404 |
 //!
+//! Sets (`/{user}/sets/{name}`, or `/{user}/sets/{name}/{token}` when secret, resolved like
+//! tracks), by the name's prefix:
+//!
+//! | name | what the API does |
+//! |---|---|
+//! | `notfound-*`, `private-*` | resolve answers 404 |
+//! | `empty-*` | a playlist without tracks |
+//! | `n{N}-*` (else 12 tracks) | a playlist of N tracks `ok-{name}-{k:02}`, k = 1..N: the first 5 whole, the rest `{"id", "kind"}` only, as SoundCloud sends long sets |
+//!
+//! `/tracks/{id}` answers a set track's JSON (yt-dlp reads an id-only entry there) and
+//! `/tracks?ids=a,b` a list of them (the batch endpoint, for secret sets).
+//!
 //! A slug containing `hostile` gets a hostile SoundCloud title (path separators, control
 //! characters, 400+ characters). `/tracks/1032303631` (scdl's client-id check) answers 404,
 //! which the `soundcloud` client takes as "the id is valid".
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -39,6 +52,8 @@ struct Inner {
     m4a: Vec<u8>,
     segments: usize,
     received: Mutex<Vec<String>>,
+    /// The slugs of set tracks served so far, by id (for `/tracks/{id}` and `/tracks?ids=`).
+    ids: Mutex<HashMap<u64, String>>,
 }
 
 pub struct SoundCloudApi {
@@ -60,6 +75,7 @@ impl SoundCloudApi {
             m4a,
             segments: segments.max(3),
             received: Mutex::new(Vec::new()),
+            ids: Mutex::new(HashMap::new()),
         });
         let app = Router::new().fallback(answer).with_state(inner.clone());
         let task = tokio::spawn(async move {
@@ -244,6 +260,45 @@ fn track_json(base: &str, slug: &str) -> Value {
     })
 }
 
+/// The slugs of set `name`'s tracks, in order (none for `empty-*`).
+pub fn set_track_slugs(name: &str) -> Vec<String> {
+    if name.starts_with("empty-") {
+        return Vec::new();
+    }
+    let n = name
+        .strip_prefix('n')
+        .and_then(|rest| rest.split_once('-'))
+        .and_then(|(n, _)| n.parse::<usize>().ok())
+        .unwrap_or(12);
+    (1..=n).map(|k| format!("ok-{name}-{k:02}")).collect()
+}
+
+/// What `/resolve` answers for set `name`; registers its tracks' ids.
+fn set_json(api: &Inner, name: &str) -> Value {
+    let tracks: Vec<Value> = set_track_slugs(name)
+        .iter()
+        .enumerate()
+        .map(|(k, slug)| {
+            lock(&api.ids).insert(track_id(slug), slug.clone());
+            if k < 5 {
+                track_json(&api.base, slug)
+            } else {
+                json!({"id": track_id(slug), "kind": "track", "monetization_model": "NOT_APPLICABLE"})
+            }
+        })
+        .collect();
+    json!({
+        "id": track_id(name),
+        "kind": "playlist",
+        "title": format!("Set {name}"),
+        "set_type": "",
+        "permalink_url": format!("https://soundcloud.com/fake-artist/sets/{name}"),
+        "user": {"id": 42, "username": "Fake Artist", "permalink_url": "https://soundcloud.com/fake-artist"},
+        "track_count": tracks.len(),
+        "tracks": tracks,
+    })
+}
+
 /// The `i`-th of `n` byte ranges of `len` bytes.
 fn segment(len: usize, n: usize, i: usize) -> std::ops::Range<usize> {
     let size = len / n;
@@ -265,6 +320,15 @@ async fn answer(State(api): State<Arc<Inner>>, uri: Uri) -> Response {
                 return not_found();
             };
             let slug = url.trim_end_matches('/').rsplit('/').next().unwrap_or("");
+            // `…/sets/{name}` or, for a secret set, `…/sets/{name}/{token}`.
+            if let Some((_, rest)) = url.split_once("/sets/") {
+                let name = rest.split(['/', '?']).next().unwrap_or("");
+                return if name.starts_with("notfound-") || name.starts_with("private-") {
+                    not_found()
+                } else {
+                    json_reply(StatusCode::OK, &set_json(&api, name))
+                };
+            }
             if slug.starts_with("notfound-") {
                 not_found()
             } else if slug.starts_with("ratelimit-resolve-") {
@@ -328,7 +392,29 @@ async fn answer(State(api): State<Arc<Inner>>, uri: Uri) -> Response {
                 reply(StatusCode::OK, "audio/mpeg", api.mp3.clone())
             }
         }
-        // `/tracks/1032303631` (scdl's client-id check) and anything unknown.
+        // A set's id-only track, read by its id.
+        ["tracks", id] => {
+            let slug = id
+                .parse::<u64>()
+                .ok()
+                .and_then(|id| lock(&api.ids).get(&id).cloned());
+            match slug {
+                Some(slug) => json_reply(StatusCode::OK, &track_json(base, &slug)),
+                // `/tracks/1032303631` (scdl's client-id check) and anything unknown.
+                None => not_found(),
+            }
+        }
+        ["tracks"] => {
+            let ids = query_param(&uri, "ids").unwrap_or_default();
+            let known = lock(&api.ids).clone();
+            let tracks: Vec<Value> = ids
+                .split(',')
+                .filter_map(|id| id.parse::<u64>().ok())
+                .filter_map(|id| known.get(&id))
+                .map(|slug| track_json(base, slug))
+                .collect();
+            json_reply(StatusCode::OK, &Value::Array(tracks))
+        }
         _ => not_found(),
     }
 }

@@ -224,6 +224,8 @@ pub struct Settings {
     pub concurrency: usize,
     pub track_timeout: Duration,
     pub scdl_bin: PathBuf,
+    /// `YT_DLP_BIN`; unset: the `yt-dlp` next to `scdl_bin` (see [`Settings::yt_dlp_bin`]).
+    pub yt_dlp_bin: Option<PathBuf>,
     pub ffmpeg_bin: PathBuf,
     pub jwt_leeway_seconds: u64,
     pub jwt_issuer: Option<String>,
@@ -319,6 +321,7 @@ impl Settings {
             concurrency: number("DOWNLOAD_CONCURRENCY", 4, 1)? as usize,
             track_timeout: Duration::from_secs(number("TRACK_TIMEOUT_SECONDS", 120, 1)?),
             scdl_bin: text("SCDL_BIN").unwrap_or_else(|| "scdl".into()).into(),
+            yt_dlp_bin: text("YT_DLP_BIN").map(PathBuf::from),
             ffmpeg_bin: text("FFMPEG_BIN").unwrap_or_else(|| "ffmpeg".into()).into(),
             jwt_leeway_seconds: number("JWT_LEEWAY_SECONDS", 0, 0)?,
             jwt_issuer: text("JWT_ISSUER"),
@@ -366,6 +369,18 @@ impl Settings {
     pub fn bucket_or_default(&self) -> &str {
         self.bucket.as_deref().unwrap_or(DEFAULT_BUCKET)
     }
+
+    /// `YT_DLP_BIN`, else the `yt-dlp` that scdl's installation brings, in `scdl_bin`'s
+    /// directory, else `yt-dlp` on the PATH (a bare `scdl_bin` is looked up there too).
+    pub fn yt_dlp_bin(&self) -> PathBuf {
+        if let Some(bin) = &self.yt_dlp_bin {
+            return bin.clone();
+        }
+        match self.scdl_bin.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.join("yt-dlp"),
+            _ => PathBuf::from("yt-dlp"),
+        }
+    }
 }
 
 /// The AWS SDK configuration from the environment (region, credentials, `AWS_ENDPOINT_URL_*`).
@@ -400,6 +415,7 @@ mod tests {
         assert_eq!((s.max_tracks, s.concurrency), (5, 4));
         assert_eq!(s.track_timeout, Duration::from_secs(120));
         assert_eq!(s.scdl_bin, PathBuf::from("scdl"));
+        assert_eq!(s.yt_dlp_bin(), PathBuf::from("yt-dlp"));
         assert_eq!(s.ssm_prefix, "/xomcloud");
         assert_eq!(s.jwt_leeway_seconds, 0);
         assert_eq!(
@@ -432,6 +448,18 @@ mod tests {
         assert!(err.to_string().contains("RATE_LIMIT_BURST"), "{err}");
         let err = Settings::from_vars(vars(&[("JOB_TTL_HOURS", "48")])).unwrap_err();
         assert!(err.to_string().contains("JOB_TTL_HOURS"), "{err}");
+    }
+
+    #[test]
+    fn yt_dlp_comes_with_scdl_unless_named() {
+        let s = Settings::from_vars(vars(&[("SCDL_BIN", "/venv/bin/scdl")])).unwrap();
+        assert_eq!(s.yt_dlp_bin(), PathBuf::from("/venv/bin/yt-dlp"));
+        let s = Settings::from_vars(vars(&[
+            ("SCDL_BIN", "/venv/bin/scdl"),
+            ("YT_DLP_BIN", "/opt/yt-dlp"),
+        ]))
+        .unwrap();
+        assert_eq!(s.yt_dlp_bin(), PathBuf::from("/opt/yt-dlp"));
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod lambda;
 pub mod limits;
 pub mod naming;
 pub mod pipeline;
+pub mod resolve;
 pub mod scdl;
 pub mod service;
 pub mod validate;

@@ -94,24 +94,75 @@ pub struct ScdlFetcher {
     pub timeout: Duration,
 }
 
-struct Finished {
-    status: ExitStatus,
-    stderr: String,
+pub(crate) struct Finished {
+    pub status: ExitStatus,
+    pub stderr: String,
+    /// Empty unless asked for (`Output::Capture`).
+    pub stdout: Vec<u8>,
+}
+
+/// What becomes of a child's stdout.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Output {
+    Discard,
+    /// Kept, up to this many bytes; a child that writes more fails.
+    Capture(usize),
+}
+
+/// A child's own HOME and XDG directories under `dir` (scdl rewrites its config file there,
+/// yt-dlp keeps its cache there): no two runs share them.
+pub(crate) struct ChildHome {
+    home: PathBuf,
+    config: PathBuf,
+    cache: PathBuf,
+}
+
+impl ChildHome {
+    pub(crate) async fn create(dir: &Path) -> Result<Self, FetchError> {
+        let home = dir.join("home");
+        let child = Self {
+            config: home.join(".config"),
+            cache: home.join(".cache"),
+            home,
+        };
+        tokio::fs::create_dir_all(&child.home)
+            .await
+            .map_err(|e| FetchError::Failed(format!("temp dir: {e}")))?;
+        Ok(child)
+    }
+
+    pub(crate) fn cache(&self) -> &Path {
+        &self.cache
+    }
+
+    pub(crate) fn envs(&self) -> [(&'static str, &Path); 4] {
+        [
+            ("HOME", self.home.as_path()),
+            ("XDG_CONFIG_HOME", self.config.as_path()),
+            ("XDG_CACHE_HOME", self.cache.as_path()),
+            ("XDG_DATA_HOME", self.home.as_path()),
+        ]
+    }
 }
 
 /// Runs a program in its own process group with a deadline; the whole group is killed when the
 /// deadline passes and after the program exits (scdl leaves yt-dlp/ffmpeg children behind).
-async fn run(
+/// `None`: the deadline passed.
+pub(crate) async fn run(
     program: &Path,
     args: &[OsString],
     envs: &[(&str, &Path)],
     deadline: Instant,
+    output: Output,
 ) -> Result<Option<Finished>, FetchError> {
     let mut command = Command::new(program);
     command
         .args(args)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(match output {
+            Output::Discard => Stdio::null(),
+            Output::Capture(_) => Stdio::piped(),
+        })
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
@@ -149,18 +200,49 @@ async fn run(
         }
         String::from_utf8_lossy(&kept).into_owned()
     });
-    let waited = tokio::time::timeout_at(deadline, child.wait()).await;
+    let stdout = child.stdout.take();
+    let stdout_reader = async move {
+        let (Some(mut stdout), Output::Capture(cap)) = (stdout, output) else {
+            return Ok(Vec::new());
+        };
+        let mut kept = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match stdout.read(&mut buf).await {
+                Ok(0) | Err(_) => return Ok(kept),
+                Ok(n) if kept.len() + n > cap => return Err(cap),
+                Ok(n) => kept.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    // stdout is read while waiting (a full pipe would stall the child); past the cap the pipe is
+    // closed (the child's next write fails) and the run is an error.
+    let waited = tokio::time::timeout_at(deadline, async {
+        let (status, stdout) = tokio::join!(child.wait(), stdout_reader);
+        (status, stdout)
+    })
+    .await;
     tracing::debug!(pid, "exited");
     drop(group);
-    let status = match waited {
-        Ok(status) => Some(status.map_err(|e| FetchError::Failed(format!("wait: {e}")))?),
+    let (status, stdout) = match waited {
+        Ok((status, stdout)) => (
+            Some(status.map_err(|e| FetchError::Failed(format!("wait: {e}")))?),
+            stdout,
+        ),
         Err(_) => {
             let _ = child.wait().await;
-            None
+            (None, Ok(Vec::new()))
         }
     };
     let stderr = reader.await.unwrap_or_default();
-    Ok(status.map(|status| Finished { status, stderr }))
+    let stdout = stdout.map_err(|cap| {
+        FetchError::Failed(format!("{} wrote more than {cap} bytes", program.display()))
+    })?;
+    Ok(status.map(|status| Finished {
+        status,
+        stderr,
+        stdout,
+    }))
 }
 
 /// The process group of a spawned child (its pid: `process_group(0)`), killed when dropped.
@@ -202,7 +284,7 @@ impl ScdlFetcher {
             "3".into(),
             output.clone().into(),
         ];
-        let finished = run(&self.ffmpeg_bin, &args, &[], deadline)
+        let finished = run(&self.ffmpeg_bin, &args, &[], deadline, Output::Discard)
             .await?
             .ok_or_else(|| self.timed_out())?;
         if !finished.status.success() || !nonempty(&output).await {
@@ -222,25 +304,21 @@ impl TrackFetcher for ScdlFetcher {
     async fn fetch(&self, url: &str, dir: &Path) -> Result<PathBuf, FetchError> {
         let deadline = Instant::now() + self.timeout;
         let out = dir.join("out");
-        let home = dir.join("home");
-        for d in [&out, &home] {
-            tokio::fs::create_dir_all(d)
-                .await
-                .map_err(|e| FetchError::Failed(format!("temp dir: {e}")))?;
-        }
+        tokio::fs::create_dir_all(&out)
+            .await
+            .map_err(|e| FetchError::Failed(format!("temp dir: {e}")))?;
         // scdl rewrites its config file under HOME/XDG dirs: each run gets its own.
-        let config = home.join(".config");
-        let cache = home.join(".cache");
-        let envs = [
-            ("HOME", home.as_path()),
-            ("XDG_CONFIG_HOME", config.as_path()),
-            ("XDG_CACHE_HOME", cache.as_path()),
-            ("XDG_DATA_HOME", home.as_path()),
-        ];
+        let home = ChildHome::create(dir).await?;
         let args = scdl_args(url, &out, self.client_id.as_deref());
-        let finished = run(&self.scdl_bin, &args, &envs, deadline)
-            .await?
-            .ok_or_else(|| self.timed_out())?;
+        let finished = run(
+            &self.scdl_bin,
+            &args,
+            &home.envs(),
+            deadline,
+            Output::Discard,
+        )
+        .await?
+        .ok_or_else(|| self.timed_out())?;
         if let Some(line) = error_line(&finished.stderr) {
             return Err(classify(line, self.client_id.as_deref()));
         }
@@ -311,11 +389,11 @@ async fn find_audio(dir: &Path) -> Option<PathBuf> {
     best.map(|(_, path)| path)
 }
 
-fn error_line(stderr: &str) -> Option<&str> {
+pub(crate) fn error_line(stderr: &str) -> Option<&str> {
     stderr.lines().map(str::trim).find(|l| l.contains("ERROR:"))
 }
 
-fn last_line(stderr: &str) -> Option<&str> {
+pub(crate) fn last_line(stderr: &str) -> Option<&str> {
     stderr.lines().map(str::trim).rfind(|l| !l.is_empty())
 }
 

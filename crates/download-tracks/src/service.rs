@@ -12,6 +12,7 @@ use xomcloud_common::ApiError;
 
 use crate::limits::Limits;
 use crate::pipeline::{DownloadResult, Pipeline, Progress};
+use crate::resolve::YtDlpLookup;
 use crate::scdl::{ScdlFetcher, TrackFetcher};
 use crate::validate::{key_owner, parse_request, Track};
 
@@ -20,6 +21,8 @@ pub struct DownloadService {
     pub secrets: Secrets,
     /// The fetcher's settings; the client id is filled in per request (it may rotate).
     pub scdl: ScdlFetcher,
+    /// The resolver's settings; the client id is filled in per job.
+    pub yt_dlp: YtDlpLookup,
     pub max_tracks: usize,
     pub cors: Cors,
     /// Per-caller rate limit on downloads (off unless [`DownloadService::with_limits`]).
@@ -36,6 +39,12 @@ impl DownloadService {
                 ffmpeg_bin: settings.ffmpeg_bin.clone(),
                 client_id: None,
                 timeout: settings.track_timeout,
+            },
+            yt_dlp: YtDlpLookup {
+                yt_dlp_bin: settings.yt_dlp_bin(),
+                client_id: None,
+                timeout: settings.track_timeout,
+                temp_root: std::env::temp_dir(),
             },
             max_tracks: settings.max_tracks,
             cors: Cors::new(settings.cors_allow_origin.as_deref()),
@@ -114,7 +123,22 @@ impl DownloadService {
 
     /// A fetcher with the current SoundCloud client id (it may rotate).
     pub async fn fetcher(&self) -> Arc<dyn TrackFetcher> {
-        let client_id = match self.secrets.get(Secret::SoundcloudClientId).await {
+        Arc::new(ScdlFetcher {
+            client_id: self.client_id().await,
+            ..self.scdl.clone()
+        })
+    }
+
+    /// A job's link resolver (the yt-dlp that scdl brings) with the current client id.
+    pub async fn lookup(&self) -> YtDlpLookup {
+        YtDlpLookup {
+            client_id: self.client_id().await,
+            ..self.yt_dlp.clone()
+        }
+    }
+
+    async fn client_id(&self) -> Option<String> {
+        match self.secrets.get(Secret::SoundcloudClientId).await {
             Ok(id) => Some(id),
             // Not configured at all is a supported setup: scdl generates its own id.
             Err(ConfigError::MissingSecret { .. }) => {
@@ -127,10 +151,6 @@ impl DownloadService {
                 tracing::error!(error = %err, "SoundCloud client id is configured but unusable; scdl will generate one");
                 None
             }
-        };
-        Arc::new(ScdlFetcher {
-            client_id,
-            ..self.scdl.clone()
-        })
+        }
     }
 }

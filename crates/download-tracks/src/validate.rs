@@ -43,8 +43,58 @@ pub struct DownloadRequest {
     pub username: Option<String>,
 }
 
+/// What the body is for: `/download` fetches its tracks as they are; a job resolves what is
+/// missing first (its entries may be a bare `url`, and that URL may be a set).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Download,
+    Job,
+}
+
+/// The body of `POST /download`: every entry has an id (title and artist default), no sets.
 /// body = the request body after any base64 decoding.
 pub fn parse_request(body: &[u8], max_tracks: usize) -> Result<DownloadRequest, ApiError> {
+    parse(body, max_tracks, Mode::Download)
+}
+
+/// The body of `POST /jobs`: as `/download`'s, but an entry may be just `{"url": …}` and the URL
+/// may be a set. What the entry leaves out stays empty (`id`, `title`, `artist`: see
+/// [`Track::needs_resolution`]) and the job's first step fills it in from SoundCloud.
+pub fn parse_job_request(body: &[u8], max_tracks: usize) -> Result<DownloadRequest, ApiError> {
+    parse(body, max_tracks, Mode::Job)
+}
+
+impl Track {
+    /// A job resolves this entry before fetching: a set, or an entry without its id, title or
+    /// artist.
+    pub fn needs_resolution(&self) -> bool {
+        self.id.is_empty()
+            || self.title.is_empty()
+            || self.artist.is_empty()
+            || is_set_url(&self.url)
+    }
+}
+
+/// A SoundCloud set (playlist or album): `soundcloud.com/{user}/sets/{name}` (also `www.`, `m.`)
+/// or `api.soundcloud.com/playlists/{id}`. `on.soundcloud.com` short links cannot be told apart.
+pub fn is_set_url(url: &str) -> bool {
+    let Ok(parsed) = Url::parse(url) else {
+        return false;
+    };
+    let segments: Vec<&str> = parsed
+        .path_segments()
+        .map(|s| s.filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default();
+    match parsed.host_str() {
+        Some("soundcloud.com" | "www.soundcloud.com" | "m.soundcloud.com") => {
+            matches!(segments.as_slice(), [_, "sets", _, ..])
+        }
+        Some("api.soundcloud.com") => matches!(segments.as_slice(), ["playlists", ..]),
+        _ => false,
+    }
+}
+
+fn parse(body: &[u8], max_tracks: usize, mode: Mode) -> Result<DownloadRequest, ApiError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(ApiError::validation(format!(
             "request body is too large (at most {MAX_BODY_BYTES} bytes)"
@@ -84,7 +134,7 @@ pub fn parse_request(body: &[u8], max_tracks: usize) -> Result<DownloadRequest, 
         .iter()
         .enumerate()
         .map(|(i, entry)| match entry {
-            Value::Object(fields) => parse_track(i, fields),
+            Value::Object(fields) => parse_track(i, fields, mode),
             _ => Err(ApiError::validation(format!(
                 "tracks[{i}] must be an object"
             ))),
@@ -95,17 +145,31 @@ pub fn parse_request(body: &[u8], max_tracks: usize) -> Result<DownloadRequest, 
     Ok(DownloadRequest { tracks, username })
 }
 
-fn parse_track(i: usize, fields: &Map<String, Value>) -> Result<Track, ApiError> {
-    let id = parse_id(i, fields.get("id"))?;
+fn parse_track(i: usize, fields: &Map<String, Value>, mode: Mode) -> Result<Track, ApiError> {
+    let id = match (mode, fields.get("id")) {
+        (Mode::Job, None | Some(Value::Null)) => String::new(),
+        (_, id) => parse_id(i, id)?,
+    };
     let url = parse_url(i, fields, &id)?;
+    if mode == Mode::Download && is_set_url(&url) {
+        return Err(ApiError::validation(format!(
+            "tracks[{i}].url is a SoundCloud set: POST /download takes single tracks; send sets \
+             to POST /jobs, which expands them"
+        )));
+    }
     let cap = |s: &str| s.chars().take(MAX_TEXT_CHARS).collect::<String>();
+    // A job leaves them empty, to be filled in from SoundCloud.
+    let (default_title, default_artist) = match mode {
+        Mode::Download => (format!("Track {}", i + 1), "Unknown Artist"),
+        Mode::Job => (String::new(), ""),
+    };
     let title = non_blank(fields.get("title"))
         .map(cap)
-        .unwrap_or_else(|| format!("Track {}", i + 1));
+        .unwrap_or(default_title);
     let artist = cap(non_blank(fields.get("artist"))
         .or_else(|| non_blank(fields.get("metadata_artist")))
         .or_else(|| non_blank(fields.get("user").and_then(|u| u.get("username"))))
-        .unwrap_or("Unknown Artist"));
+        .unwrap_or(default_artist));
     Ok(Track {
         id,
         url,
@@ -179,6 +243,11 @@ fn parse_url(i: usize, fields: &Map<String, Value>, id: &str) -> Result<String, 
                 "tracks[{i}].{field} must be an https SoundCloud URL ({why})"
             ))),
         };
+    }
+    if id.is_empty() {
+        return Err(ApiError::validation(format!(
+            "tracks[{i}].url is required when there is no id"
+        )));
     }
     if id.bytes().all(|b| b.is_ascii_digit()) {
         return Ok(format!("https://api.soundcloud.com/tracks/{id}"));
@@ -305,6 +374,82 @@ mod tests {
             "title": "Track Name",
             "artist": "Artist Name",
         })
+    }
+
+    #[test]
+    fn sets_are_told_apart_from_tracks() {
+        for url in [
+            "https://soundcloud.com/user/sets/name",
+            "https://www.soundcloud.com/user/sets/name/s-token?si=1",
+            "https://m.soundcloud.com/user/sets/name/",
+            "https://api.soundcloud.com/playlists/123",
+        ] {
+            assert!(is_set_url(url), "{url}");
+        }
+        for url in [
+            "https://soundcloud.com/user/track",
+            "https://soundcloud.com/user/sets",
+            "https://soundcloud.com/sets/name",
+            "https://api.soundcloud.com/tracks/1",
+            "https://on.soundcloud.com/AbC",
+            "not a url",
+        ] {
+            assert!(!is_set_url(url), "{url}");
+        }
+    }
+
+    #[test]
+    fn download_refuses_sets_and_points_to_jobs() {
+        let body = json!({"tracks": [track_json("1"), {"id": "2", "url": "https://soundcloud.com/u/sets/s"}]});
+        let msg = message(parse(body, 5));
+        assert!(
+            msg.starts_with("tracks[1].url is a SoundCloud set"),
+            "{msg}"
+        );
+        assert!(msg.contains("POST /jobs"), "{msg}");
+    }
+
+    #[test]
+    fn a_job_entry_may_be_a_bare_url_or_set() {
+        let body = json!({"tracks": [
+            {"url": "https://soundcloud.com/u/sets/s"},
+            {"url": "https://soundcloud.com/u/t", "title": "T"},
+            track_json("3"),
+        ]});
+        let tracks = parse_job_request(body.to_string().as_bytes(), 5)
+            .unwrap()
+            .tracks;
+        assert_eq!(
+            (
+                tracks[0].id.as_str(),
+                tracks[0].title.as_str(),
+                tracks[0].artist.as_str()
+            ),
+            ("", "", "")
+        );
+        assert!(tracks[0].needs_resolution());
+        assert_eq!(
+            (tracks[1].title.as_str(), tracks[1].artist.as_str()),
+            ("T", "")
+        );
+        assert!(tracks[1].needs_resolution());
+        assert!(!tracks[2].needs_resolution());
+        let msg = message(parse_job_request(br#"{"tracks": [{"title": "x"}]}"#, 5));
+        assert_eq!(msg, "tracks[0].url is required when there is no id");
+        let msg = message(parse_job_request(
+            br#"{"tracks": [{"url": "https://evil.example/a"}]}"#,
+            5,
+        ));
+        assert!(
+            msg.starts_with("tracks[0].url must be an https SoundCloud URL"),
+            "{msg}"
+        );
+        // The bare-url shape is the job's only: /download still needs an id.
+        let msg = message(parse(
+            json!({"tracks": [{"url": "https://soundcloud.com/u/t"}]}),
+            5,
+        ));
+        assert_eq!(msg, "tracks[0].id is required");
     }
 
     #[test]

@@ -123,13 +123,16 @@ pub fn runner(
     store: Arc<dyn JobStore>,
     storage: Arc<dyn Storage>,
 ) -> JobRunner {
-    JobRunner::new(
-        store,
-        storage,
-        settings.concurrency,
-        settings.track_timeout,
-        settings.track_retry_pause,
-    )
+    JobRunner {
+        max_tracks: settings.max_job_tracks,
+        ..JobRunner::new(
+            store,
+            storage,
+            settings.concurrency,
+            settings.track_timeout,
+            settings.track_retry_pause,
+        )
+    }
 }
 
 impl Aws {

@@ -16,7 +16,7 @@ use xomcloud_jobs::queue::{JobMessage, JobQueue};
 use xomcloud_jobs::store::{Created, JobStore};
 
 use crate::limits::{too_many_active, Limits};
-use crate::validate::parse_request;
+use crate::validate::parse_job_request;
 
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
@@ -128,7 +128,7 @@ impl JobsApi {
         if let Some(key) = request.idempotency_key {
             check_idempotency_key(key)?;
         }
-        let parsed = parse_request(request.body, self.max_tracks)?;
+        let parsed = parse_job_request(request.body, self.max_tracks)?;
         let caller = xomcloud_jobs::limiter::caller_key(request.principal, request.address);
         let budget = match self.limits.admit(&caller, &self.cors).await {
             Ok(budget) => budget,

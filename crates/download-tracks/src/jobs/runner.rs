@@ -1,4 +1,5 @@
-//! Runs one download job: fetches its unsettled tracks (`concurrency` at a time), stores each
+//! Runs one download job: resolves its links first (a set becomes its tracks, a bare link gets its
+//! title and artist: `resolve.rs`), then fetches its unsettled tracks (`concurrency` at a time), stores each
 //! finished MP3 as its own object with its size and CRC-32, records every track's state as it
 //! changes, then streams the stored objects in request order into the STORED zip and marks the
 //! job done. Safe to run again on the same job (a redelivered message, a restart): stored tracks
@@ -12,11 +13,12 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use xomcloud_common::storage::{ObjectMeta, PartWriter, Storage, StorageError, MIN_PART_SIZE};
-use xomcloud_jobs::model::{Job, JobStatus, Outcome, TrackState, TrackUpdate};
+use xomcloud_jobs::model::{Job, JobStatus, Outcome, TrackSpec, TrackState, TrackUpdate};
 use xomcloud_jobs::store::{JobStore, StoreError};
 
 use crate::naming::assign_names;
 use crate::pipeline::object_key;
+use crate::resolve::{resolve, Lookup};
 use crate::scdl::{FetchError, TrackFetcher};
 use crate::validate::Track;
 use crate::zip_stream::{Checked, ZipStream};
@@ -87,6 +89,8 @@ pub struct JobRunner {
     pub poll_interval: Duration,
     pub temp_root: PathBuf,
     pub part_size: usize,
+    /// `MAX_JOB_TRACKS`: a job whose sets expand past it fails.
+    pub max_tracks: usize,
 }
 
 /// The reasons worth one more try: SoundCloud's rate limit, the network, a broken stream, a
@@ -118,6 +122,7 @@ impl JobRunner {
             poll_interval: Duration::from_secs(1),
             temp_root: std::env::temp_dir(),
             part_size: MIN_PART_SIZE,
+            max_tracks: 200,
         }
     }
 
@@ -126,6 +131,7 @@ impl JobRunner {
         &self,
         job_id: &str,
         fetcher: Arc<dyn TrackFetcher>,
+        lookup: &dyn Lookup,
         deadline: Option<Instant>,
     ) -> Result<RunOutcome, RunError> {
         let Some(job) = self.store.get(job_id).await? else {
@@ -148,6 +154,10 @@ impl JobRunner {
         if !claimed {
             return Ok(RunOutcome::Settled(self.store.status(job_id).await?));
         }
+        let job = match self.resolve_links(job, lookup).await? {
+            Ok(job) => job,
+            Err(ended) => return Ok(ended),
+        };
         let temp = JobTemp::create(self.temp_root.join(format!("xomcloud-job-{job_id}")))
             .map_err(|e| RunError::Other(format!("temp dir: {e}")))?;
         let mut tasks = JoinSet::new();
@@ -169,6 +179,40 @@ impl JobRunner {
             Some(Ok(true)) => {}
         }
         self.assemble(job_id).await
+    }
+
+    /// The job with its links resolved (stored), or how it ended instead: failed with the
+    /// reason in plain words, or cancelled meanwhile. A job whose entries are all complete
+    /// tracks (also a resolved job run again) starts no process.
+    async fn resolve_links(
+        &self,
+        job: Job,
+        lookup: &dyn Lookup,
+    ) -> Result<Result<Job, RunOutcome>, RunError> {
+        let tracks: Vec<Track> = job.tracks.iter().map(|t| Track::from(&t.spec)).collect();
+        if !tracks.iter().any(Track::needs_resolution) {
+            return Ok(Ok(job));
+        }
+        let resolved = tokio::select! {
+            resolved = resolve(tracks, self.max_tracks, lookup) => resolved,
+            () = self.cancelled(&job.id) => return self.cancel_cleanup(&job.id).await.map(Err),
+        };
+        let specs: Vec<TrackSpec> = match resolved {
+            Ok(tracks) => tracks.into_iter().map(TrackSpec::from).collect(),
+            Err(reason) => {
+                tracing::info!(job = %job.id, reason = %reason, "the job's links cannot be resolved");
+                self.fail(&job.id, &reason).await?;
+                return Ok(Err(RunOutcome::Settled(self.store.status(&job.id).await?)));
+            }
+        };
+        tracing::info!(job = %job.id, from = job.tracks.len(), tracks = specs.len(), "links resolved");
+        if !self.store.replace_tracks(&job.id, &specs).await? {
+            return Ok(Err(RunOutcome::Settled(self.store.status(&job.id).await?)));
+        }
+        match self.store.get(&job.id).await? {
+            Some(job) => Ok(Ok(job)),
+            None => Ok(Err(RunOutcome::Settled(None))),
+        }
     }
 
     /// Gives up on an unfinished job: `failed` with `reason`, its stored tracks removed. False

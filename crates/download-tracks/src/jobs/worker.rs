@@ -18,7 +18,7 @@ pub const DEAD_LETTER_ERROR: &str =
 pub struct Worker {
     pub runner: JobRunner,
     pub queue: Arc<dyn JobQueue>,
-    /// For the fetcher (scdl settings and the SoundCloud client id).
+    /// For the fetcher and the resolver (scdl and yt-dlp settings, the SoundCloud client id).
     pub download: Arc<DownloadService>,
     /// Records from this queue are dead letters.
     pub dead_letter_arn: Option<String>,
@@ -54,9 +54,10 @@ impl Worker {
             return self.bury(&message.job_id).await;
         }
         let fetcher = self.download.fetcher().await;
+        let lookup = self.download.lookup().await;
         match self
             .runner
-            .run(&message.job_id, fetcher, Some(deadline))
+            .run(&message.job_id, fetcher, &lookup, Some(deadline))
             .await
         {
             Ok(RunOutcome::Settled(status)) => {

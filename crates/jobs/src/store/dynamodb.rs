@@ -20,15 +20,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, PutRequest,
-    ReturnValue, ScalarAttributeType, TimeToLiveSpecification, WriteRequest,
+    AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, KeySchemaElement, KeyType,
+    PutRequest, ReturnValue, ScalarAttributeType, TimeToLiveSpecification, WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 use serde::{Deserialize, Serialize};
 
 use super::{check_transition, Created, JobStore, StoreError};
 use crate::limiter::dynamodb::caller_pk;
-use crate::model::{is_job_id, unix_now, Job, JobStatus, Outcome, TrackRecord, TrackUpdate};
+use crate::model::{
+    is_job_id, unix_now, Job, JobStatus, Outcome, TrackRecord, TrackSpec, TrackUpdate,
+};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -250,27 +252,8 @@ impl DynamoStore {
     /// The tracks first, the job item last: a job is visible only once all of it is stored. The
     /// job item names `slot_of` when the job holds one of that caller's slots.
     async fn write_job(&self, job: &Job, slot_of: Option<&str>) -> Result<(), StoreError> {
-        let pk = job_pk(&job.id);
-        let mut requests = Vec::with_capacity(job.tracks.len());
-        for (index, track) in job.tracks.iter().enumerate() {
-            let item = to_item(&TrackItem {
-                pk: pk.clone(),
-                sk: track_sk(index),
-                expires_at: job.expires_at,
-                record: track.clone(),
-            })?;
-            let put = PutRequest::builder()
-                .set_item(Some(item))
-                .build()
-                .map_err(|e| StoreError(format!("PutRequest: {e}")))?;
-            requests.push(WriteRequest::builder().put_request(put).build());
-        }
-        let mut batches = Vec::new();
-        while !requests.is_empty() {
-            let rest = requests.split_off(requests.len().min(BATCH_SIZE));
-            batches.push(self.write_batch(std::mem::replace(&mut requests, rest)));
-        }
-        futures::future::try_join_all(batches).await?;
+        self.write_tracks(&job.id, &job.tracks, job.expires_at)
+            .await?;
 
         let mut item = JobItem::from_job(job);
         item.caller = slot_of.map(str::to_owned);
@@ -289,6 +272,41 @@ impl DynamoStore {
                     sdk_error("PutItem (job)", e)
                 }
             })?;
+        Ok(())
+    }
+
+    /// Puts the track items of `tracks` (indices from 0), 25 to a batch, the batches at once.
+    async fn write_tracks(
+        &self,
+        id: &str,
+        tracks: &[TrackRecord],
+        expires_at: u64,
+    ) -> Result<(), StoreError> {
+        let pk = job_pk(id);
+        let mut requests = Vec::with_capacity(tracks.len());
+        for (index, track) in tracks.iter().enumerate() {
+            let item = to_item(&TrackItem {
+                pk: pk.clone(),
+                sk: track_sk(index),
+                expires_at,
+                record: track.clone(),
+            })?;
+            let put = PutRequest::builder()
+                .set_item(Some(item))
+                .build()
+                .map_err(|e| StoreError(format!("PutRequest: {e}")))?;
+            requests.push(WriteRequest::builder().put_request(put).build());
+        }
+        self.write_batches(requests).await
+    }
+
+    async fn write_batches(&self, mut requests: Vec<WriteRequest>) -> Result<(), StoreError> {
+        let mut batches = Vec::new();
+        while !requests.is_empty() {
+            let rest = requests.split_off(requests.len().min(BATCH_SIZE));
+            batches.push(self.write_batch(std::mem::replace(&mut requests, rest)));
+        }
+        futures::future::try_join_all(batches).await?;
         Ok(())
     }
 
@@ -438,6 +456,8 @@ impl JobStore for DynamoStore {
         };
         // The query returns items in sort-key order; sorting again costs nothing and states it.
         tracks.sort_by_key(|(index, _)| *index);
+        // Items past the total belong to a list being replaced (`replace_tracks`).
+        tracks.retain(|(index, _)| *index < job.total);
         let complete = tracks.len() == job.total
             && tracks.iter().enumerate().all(|(i, (index, _))| i == *index);
         if !complete {
@@ -545,6 +565,66 @@ impl JobStore for DynamoStore {
             Err(e) if is_conditional_failure_update(&e) => Ok(false),
             Err(e) => Err(sdk_error("UpdateItem (transition)", e)),
         }
+    }
+
+    /// The new track items first, then the job item's `total` (conditional on `running`), then
+    /// the items past the new total: `get` reads the tracks below the job's total, so a reader
+    /// sees one whole list (the items of a list being replaced may already hold the new specs).
+    async fn replace_tracks(&self, id: &str, specs: &[TrackSpec]) -> Result<bool, StoreError> {
+        if specs.len() > MAX_TRACKS {
+            return Err(StoreError(format!("{} tracks is too many", specs.len())));
+        }
+        let held = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(&job_pk(id), JOB_SK)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetItem (job)", e))?;
+        let Some(item) = held.item else {
+            return Ok(false);
+        };
+        let job: JobItem = from_item(item)?;
+        if job.status != JobStatus::Running {
+            return Ok(false);
+        }
+        let records: Vec<TrackRecord> = specs.iter().cloned().map(TrackRecord::queued).collect();
+        self.write_tracks(id, &records, job.expires_at).await?;
+        let updated = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(&job_pk(id), JOB_SK)))
+            .update_expression("SET #t = :total, #u = :now")
+            .condition_expression("#s = :running")
+            .expression_attribute_names("#t", "total")
+            .expression_attribute_names("#u", "updated_at")
+            .expression_attribute_names("#s", "status")
+            .expression_attribute_values(":total", number(specs.len() as u64))
+            .expression_attribute_values(":now", number(unix_now()))
+            .expression_attribute_values(
+                ":running",
+                AttributeValue::S(JobStatus::Running.as_str().into()),
+            )
+            .send()
+            .await;
+        match updated {
+            Ok(_) => {}
+            Err(e) if is_conditional_failure_update(&e) => return Ok(false),
+            Err(e) => return Err(sdk_error("UpdateItem (job total)", e)),
+        }
+        let mut stale = Vec::new();
+        for index in specs.len()..job.total {
+            let delete = DeleteRequest::builder()
+                .set_key(Some(key_of(&job_pk(id), &track_sk(index))))
+                .build()
+                .map_err(|e| StoreError(format!("DeleteRequest: {e}")))?;
+            stale.push(WriteRequest::builder().delete_request(delete).build());
+        }
+        self.write_batches(stale).await?;
+        Ok(true)
     }
 
     async fn update_track(

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use crate::model::{Job, JobStatus, Outcome, TrackUpdate};
+use crate::model::{Job, JobStatus, Outcome, TrackSpec, TrackUpdate};
 
 pub mod dynamodb;
 pub mod sqlite;
@@ -53,6 +53,13 @@ pub trait JobStore: Send + Sync {
         to: JobStatus,
         outcome: &Outcome,
     ) -> Result<bool, StoreError>;
+
+    /// Replaces the job's tracks with `specs`, every one queued, and its total with their count
+    /// (and updated_at): a job's first step, resolving its links. Only while the job is
+    /// `running` (its runner has claimed it); Ok(false) when it is not (cancelled meanwhile, or
+    /// gone) and nothing changed. A reader sees the old list or the new one, never a mix of
+    /// counts.
+    async fn replace_tracks(&self, id: &str, specs: &[TrackSpec]) -> Result<bool, StoreError>;
 
     /// Writes track `index`'s state (and updated_at); every field of the update is written, so a
     /// `None` clears it. An unknown job or index is an error.

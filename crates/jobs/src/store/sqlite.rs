@@ -251,6 +251,53 @@ impl JobStore for SqliteStore {
         .await
     }
 
+    async fn replace_tracks(&self, id: &str, specs: &[TrackSpec]) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        let specs = specs.to_vec();
+        let now = to_i64(unix_now())?;
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("begin"))?;
+            // Only a running job: a cancelled one keeps what it had.
+            let changed = tx
+                .execute(
+                    "UPDATE jobs SET updated_at = ?1 WHERE id = ?2 AND status = ?3",
+                    params![now, id, JobStatus::Running.as_str()],
+                )
+                .map_err(sql("replace tracks"))?;
+            if changed != 1 {
+                return Ok(false);
+            }
+            tx.execute("DELETE FROM tracks WHERE job_id = ?1", params![id])
+                .map_err(sql("replace tracks"))?;
+            {
+                let mut insert = tx
+                    .prepare_cached(
+                        "INSERT INTO tracks (job_id, idx, track_id, url, title, artist, state, \
+                         attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+                    )
+                    .map_err(sql("insert track"))?;
+                for (index, spec) in specs.iter().enumerate() {
+                    insert
+                        .execute(params![
+                            id,
+                            to_i64(index as u64)?,
+                            spec.id,
+                            spec.url,
+                            spec.title,
+                            spec.artist,
+                            TrackState::Queued.as_str()
+                        ])
+                        .map_err(sql("insert track"))?;
+                }
+            }
+            tx.commit().map_err(sql("commit"))?;
+            Ok(true)
+        })
+        .await
+    }
+
     async fn update_track(
         &self,
         id: &str,
