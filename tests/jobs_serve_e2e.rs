@@ -313,6 +313,14 @@ async fn a_local_job_can_be_cancelled_and_bad_input_creates_nothing() {
     assert_eq!(alice.delete(&id).await.0, 200);
     let (_, body) = alice.get(&id).await;
     assert_eq!(body["data"]["status"], "cancelled");
+    // No track of a cancelled job reads as still coming.
+    let states: Vec<&str> = body["data"]["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["cancelled"; 3], "{body}");
 }
 
 fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {

@@ -631,8 +631,7 @@
 
     for (const t of data.tracks || []) {
       const row = trackRow(t.id);
-      const settled = t.state === "done" || t.state === "failed";
-      const state = status === "cancelled" && !settled ? "cancelled" : t.state;
+      const state = t.state; // `cancelled` for the tracks a cancelled job never settled
       row.dataset.state = state;
       const source = urls[t.id];
       const name = row.querySelector(".name");

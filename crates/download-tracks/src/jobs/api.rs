@@ -11,7 +11,7 @@ use serde_json::json;
 use xomcloud_common::response::Cors;
 use xomcloud_common::storage::{unix_now, Storage};
 use xomcloud_common::ApiError;
-use xomcloud_jobs::model::{is_job_id, new_job_id, Job, JobStatus, Outcome, TrackSpec, TrackState};
+use xomcloud_jobs::model::{is_job_id, new_job_id, Job, JobStatus, Outcome, TrackSpec};
 use xomcloud_jobs::queue::{JobMessage, JobQueue};
 use xomcloud_jobs::store::{Created, JobStore};
 
@@ -54,7 +54,8 @@ struct TrackView<'a> {
     id: &'a str,
     title: &'a str,
     artist: &'a str,
-    state: TrackState,
+    /// The track's state, or `cancelled` for a track a cancelled job never settled.
+    state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
 }
@@ -278,7 +279,12 @@ impl JobsApi {
                 id: &t.spec.id,
                 title: &t.spec.title,
                 artist: &t.spec.artist,
-                state: t.state,
+                state: match t.state {
+                    state if job.status == JobStatus::Cancelled && !state.is_settled() => {
+                        "cancelled"
+                    }
+                    state => state.as_str(),
+                },
                 error: t.error.as_deref(),
             })
             .collect();
