@@ -13,7 +13,7 @@
 //!    run during the measurement): target p99 ≤ 50 ms.
 //! 3. Peak RSS (VmHWM) of `serve` after a job of 10, 50 and 100 tracks, each in a fresh
 //!    `serve` (100: the job of scenario 1): flat in N, the largest at most 25 % above the
-//!    smallest.
+//!    smallest. Its process tree's peak (`serve` and its scdl runs) is reported beside it.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -22,6 +22,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::proctree::{PeakTree, TreePeak};
 use support::serve::{serve, token, Server};
 
 const SECRET: &str = "jobs-bench-secret";
@@ -35,6 +36,8 @@ const LIMIT: Duration = Duration::from_secs(900);
 const RATIO_TARGET: f64 = 1.10;
 const P99_TARGET: Duration = Duration::from_millis(50);
 const FLAT_TARGET: f64 = 1.25;
+/// How often the process tree's memory is sampled.
+const TREE_EVERY: Duration = Duration::from_millis(10);
 
 fn verdict(ok: bool) -> &'static str {
     if ok {
@@ -44,14 +47,13 @@ fn verdict(ok: bool) -> &'static str {
     }
 }
 
-/// Peak resident set of a process (VmHWM), in bytes; `None` when /proc cannot tell.
-fn peak_rss(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
+/// "X MB (tree Y MB)": the process's VmHWM and its process tree's sampled peak, or why /proc
+/// could not tell.
+fn memory(peak: &Result<TreePeak, String>) -> String {
+    match peak {
+        Ok(p) => format!("{:.1} MB (tree {:.1} MB)", mb(p.own_peak), mb(p.tree_peak)),
+        Err(reason) => format!("unreadable ({reason})"),
+    }
 }
 
 fn mb(bytes: u64) -> f64 {
@@ -100,6 +102,9 @@ impl Serve {
             ("SOUNDCLOUD_CLIENT_ID", "bench-client-id"),
             ("TMPDIR", tmp.path().to_str().unwrap()),
             ("AWS_LAMBDA_LOG_LEVEL", "info"),
+            // The bench is one caller creating hundreds of jobs: per-caller limits off.
+            ("RATE_LIMIT_PER_MINUTE", "0"),
+            ("MAX_ACTIVE_JOBS_PER_CALLER", "0"),
         ];
         let server = serve(dir.path(), Some(SECRET), &envs);
         Self {
@@ -199,22 +204,24 @@ fn floor(tracks: usize) -> f64 {
     tracks.div_ceil(CONCURRENCY) as f64 * DELAY_SECONDS
 }
 
-/// Scenario 1; returns the job's serve's peak RSS for scenario 3 (`None`: unreadable).
-async fn job_vs_pipeline(failed: &mut bool) -> Option<u64> {
+/// Scenario 1; returns the job's serve's memory peaks for scenario 3.
+async fn job_vs_pipeline(failed: &mut bool) -> Result<TreePeak, String> {
     const N: usize = 100;
     let sync_serve = Serve::start();
+    let tree = PeakTree::start(sync_serve.pid(), TREE_EVERY);
     let started = Instant::now();
     let (status, body) = sync_serve.post("/download", &tracks(N, 0)).await;
     let sync_wall = started.elapsed();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["successful"], N, "{body}");
-    let sync_rss = peak_rss(sync_serve.pid());
+    let sync_rss = tree.stop();
     drop(sync_serve);
     settle_disk();
 
     let job_serve = Serve::start();
+    let tree = PeakTree::start(job_serve.pid(), TREE_EVERY);
     let job_wall = job_serve.run_job(N).await;
-    let job_rss = peak_rss(job_serve.pid());
+    let job_rss = tree.stop();
     let fetching = fetch_phase(&job_serve.server.output());
     drop(job_serve);
     settle_disk();
@@ -236,13 +243,12 @@ async fn job_vs_pipeline(failed: &mut bool) -> Option<u64> {
             job_wall.as_secs_f64() - fetching
         );
     }
-    if let Some(rss) = sync_rss {
-        println!(
-            "   peak RSS of serve: synchronous pipeline {:.1} MB, job {}",
-            mb(rss),
-            job_rss.map_or("unreadable".to_owned(), |r| format!("{:.1} MB", mb(r)))
-        );
-    }
+    println!(
+        "   peak RSS of serve (VmHWM; its process tree's peak sampled every {} ms): synchronous pipeline {}, job {}",
+        TREE_EVERY.as_millis(),
+        memory(&sync_rss),
+        memory(&job_rss)
+    );
     job_rss
 }
 
@@ -292,24 +298,25 @@ async fn accept_latency(failed: &mut bool) {
 }
 
 /// Scenario 3; `hundred` is the peak RSS of scenario 1's job.
-async fn rss_by_size(hundred: Option<u64>, failed: &mut bool) {
+async fn rss_by_size(hundred: Result<TreePeak, String>, failed: &mut bool) {
     let mut rss = Vec::new();
     for n in [10, 50] {
         let serve = Serve::start();
+        let tree = PeakTree::start(serve.pid(), TREE_EVERY);
         serve.run_job(n).await;
-        rss.push((n, peak_rss(serve.pid())));
+        rss.push((n, tree.stop()));
         drop(serve);
         settle_disk();
     }
     rss.push((100, hundred));
     let figures: Vec<String> = rss
         .iter()
-        .map(|(n, r)| match r {
-            Some(r) => format!("{n}: {:.1} MB", mb(*r)),
-            None => format!("{n}: unreadable (/proc/PID/status)"),
-        })
+        .map(|(n, r)| format!("{n}: {}", memory(r)))
         .collect();
-    let known: Vec<u64> = rss.iter().filter_map(|(_, r)| *r).collect();
+    let known: Vec<u64> = rss
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().ok().map(|p| p.own_peak))
+        .collect();
     let verdict_line = if known.len() == rss.len() {
         let (max, min) = (*known.iter().max().unwrap(), *known.iter().min().unwrap());
         let spread = max as f64 / min as f64;
@@ -321,7 +328,7 @@ async fn rss_by_size(hundred: Option<u64>, failed: &mut bool) {
         "[FAIL: not measured]".to_owned()
     };
     println!(
-        "3. peak RSS (VmHWM) of serve by job size (× 5 MB, each a fresh serve): {}; flat in N: {verdict_line}",
+        "3. peak RSS (VmHWM) of serve by job size (× 5 MB, each a fresh serve; the tree: serve and its scdl runs, sampled): {}; flat in N: {verdict_line}",
         figures.join(", ")
     );
 }

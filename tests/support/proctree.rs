@@ -10,6 +10,11 @@
 //! println!("own {} B, tree {} B", peak.own_peak, peak.tree_peak);
 //! ```
 //!
+//! A child that has not exec'd since it was forked (a vfork'd child about to exec, a shell's
+//! subshell) shares its parent's pages and is not added again; VmRSS sums still count pages
+//! shared between different programs (libc) once per process, so the tree figure is an upper
+//! bound.
+//!
 //! Stop it before the root is reaped (while it is alive or a zombie), so its VmHWM can still be
 //! read; after that the sampled maximum of its VmRSS stands in for it.
 
@@ -28,7 +33,7 @@ pub struct TreePeak {
     /// The largest sum, over samples, of the VmRSS of the root and its live descendants.
     /// A sampled figure: a child living less than one interval can be missed.
     pub tree_peak: u64,
-    /// The most processes (root included) seen alive in one sample.
+    /// The most processes (root included) counted in one sample.
     pub max_processes: usize,
     /// Samples taken with the root readable.
     pub samples: usize,
@@ -127,9 +132,12 @@ fn sample(root: u32) -> Result<Option<(u64, u64, usize)>, String> {
     Ok(Some((own * 1024, total * 1024, processes)))
 }
 
-/// Every live process whose chain of parents reaches `root` (root excluded).
+/// Every live process whose chain of parents reaches `root` (root excluded), except those that
+/// have not called exec since they were forked: their memory layout is still their parent's
+/// (a vfork'd child about to exec shows its parent's whole VmRSS, a shell's subshell shares its
+/// pages copy-on-write), so adding them would count the parent's memory twice.
 fn descendants(root: u32) -> Result<Vec<u32>, String> {
-    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    let mut procs: HashMap<u32, Stat> = HashMap::new();
     let entries = std::fs::read_dir("/proc").map_err(|e| format!("cannot list /proc: {e}"))?;
     for entry in entries.flatten() {
         let Some(pid) = entry
@@ -139,28 +147,53 @@ fn descendants(root: u32) -> Result<Vec<u32>, String> {
         else {
             continue;
         };
-        if let Some(ppid) = parent(pid) {
-            children.entry(ppid).or_default().push(pid);
+        if let Some(stat) = Stat::read(pid) {
+            procs.insert(pid, stat);
         }
     }
-    let (mut found, mut seen, mut queue) = (Vec::new(), HashSet::from([root]), vec![root]);
-    while let Some(pid) = queue.pop() {
+    let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
+    for (&pid, stat) in &procs {
+        children.entry(stat.ppid).or_default().push(pid);
+    }
+    let root_layout = procs.get(&root).map(|s| s.layout);
+    let (mut found, mut seen) = (Vec::new(), HashSet::from([root]));
+    let mut queue = vec![(root, root_layout)];
+    while let Some((pid, layout)) = queue.pop() {
         for &child in children.get(&pid).into_iter().flatten() {
-            if seen.insert(child) {
-                found.push(child);
-                queue.push(child);
+            if !seen.insert(child) {
+                continue;
             }
+            let own = procs[&child].layout;
+            let known = own != [0; 4];
+            if !(known && Some(own) == layout) {
+                found.push(child);
+            }
+            queue.push((child, Some(own)));
         }
     }
     Ok(found)
 }
 
-/// The parent id from `/proc/PID/stat` (the field after the state, which follows the command
-/// name in parentheses; the name may itself contain spaces and parentheses).
-fn parent(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+/// What `descendants` needs of `/proc/PID/stat`.
+struct Stat {
+    ppid: u32,
+    /// startstack, start_brk, arg_start, env_start: randomised at each exec, copied by fork.
+    /// Zeros when the kernel hides them (no ptrace access).
+    layout: [u64; 4],
+}
+
+impl Stat {
+    fn read(pid: u32) -> Option<Stat> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The fields after the command name in parentheses (which may itself contain spaces
+        // and parentheses): `fields[0]` is field 3 of proc(5), the state.
+        let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        Some(Stat {
+            ppid: u32::try_from(field(4)?).ok()?,
+            layout: [28, 47, 48, 50].map(|n| field(n).unwrap_or(0)),
+        })
+    }
 }
 
 /// A `kB` line of `/proc/PID/status` (`VmRSS:`, `VmHWM:`), in kB.

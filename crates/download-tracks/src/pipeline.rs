@@ -236,6 +236,7 @@ impl Pipeline {
         }
         let mut zip = ZipStream::default();
         let mut errors = vec![None; tracks.len()];
+        let mut cleanups = JoinSet::new();
         while let Some(joined) = tasks.join_next().await {
             let ((i, dir, result), permit) =
                 joined.map_err(|e| ApiError::internal(format!("fetch task: {e}")))?;
@@ -265,13 +266,19 @@ impl Pipeline {
                     errors[i] = Some(reason);
                 }
             }
-            if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    tracing::warn!(error = %e, "could not remove a track's temp dir");
+            // Removed beside the next append rather than before it (tracks finishing together
+            // would queue behind each other's removal); the slot is released once it is gone.
+            cleanups.spawn(async move {
+                if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        tracing::warn!(error = %e, "could not remove a track's temp dir");
+                    }
                 }
-            }
-            drop(permit);
+                drop(permit);
+            });
+            while cleanups.try_join_next().is_some() {}
         }
+        while cleanups.join_next().await.is_some() {}
         if errors.iter().any(Option::is_none) {
             sink.write(&zip.finish())
                 .await
