@@ -111,15 +111,6 @@ impl Client {
     }
 }
 
-async fn zip_names(url: &str) -> Vec<String> {
-    let res = reqwest::get(url).await.unwrap();
-    assert_eq!(res.status(), 200, "{url}");
-    support::zips::entries(&res.bytes().await.unwrap())
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn jobs_run_locally_and_survive_a_crash_of_the_server() {
     let dir = tempfile::tempdir().unwrap();
@@ -159,7 +150,7 @@ async fn jobs_run_locally_and_survive_a_crash_of_the_server() {
         done["tracks"][1]["error"],
         "Track not found (deleted, private or a wrong URL)"
     );
-    let names = zip_names(done["download_url"].as_str().unwrap()).await;
+    let names = support::zips::names_at(done["download_url"].as_str().unwrap()).await;
     assert_eq!(
         names,
         [
@@ -203,7 +194,7 @@ async fn jobs_run_locally_and_survive_a_crash_of_the_server() {
     let server = serve(dir.path(), Some(SECRET), &envs);
     let alice = Client::new(&server, "alice");
     let done = alice.until(&id, "done").await;
-    let names = zip_names(done["download_url"].as_str().unwrap()).await;
+    let names = support::zips::names_at(done["download_url"].as_str().unwrap()).await;
     let expected: Vec<String> = (10..18).map(|i| format!("Stub - Song {i}.mp3")).collect();
     assert_eq!(names, expected);
     let runs = logged_urls(&log)[before..].to_vec();

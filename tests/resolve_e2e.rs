@@ -136,15 +136,6 @@ impl Setup {
     }
 }
 
-async fn zip_names(url: &str) -> Vec<String> {
-    let res = reqwest::get(url).await.unwrap();
-    assert_eq!(res.status(), 200, "{url}");
-    support::zips::entries(&res.bytes().await.unwrap())
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect()
-}
-
 fn column(job: &Value, key: &str) -> Vec<String> {
     job["tracks"]
         .as_array()
@@ -183,7 +174,7 @@ async fn a_set_expands_in_order_and_bare_links_get_their_titles() {
         .map(|t| format!("Fake Artist - {t}.mp3"))
         .collect();
     assert_eq!(
-        zip_names(job["download_url"].as_str().unwrap()).await,
+        support::zips::names_at(job["download_url"].as_str().unwrap()).await,
         expected
     );
     // Every track was fetched at its permalink (bare ids were read at /tracks/{id} first).

@@ -161,6 +161,18 @@ fn strings(args: &[OsString]) -> Vec<String> {
 /// Options declared in a help text, with whether each takes a value: the leading `-`/`--`
 /// tokens of every line (`-f, --format FORMAT`, `-h --help`, `--path [path]`), the token after
 /// the last one telling whether a value follows.
+/// The options the pinned `yt-dlp --help` declares (run with its own HOME).
+fn yt_dlp_options() -> BTreeMap<String, bool> {
+    let home = tempfile::tempdir().unwrap();
+    let help = run(isolated(&tool("yt-dlp"), home.path()).arg("--help"));
+    assert!(
+        help.status.success(),
+        "yt-dlp --help failed: {}",
+        help.stderr
+    );
+    declared_options(&help.stdout)
+}
+
 fn declared_options(help: &str) -> BTreeMap<String, bool> {
     let mut options = BTreeMap::new();
     for line in help.lines() {
@@ -357,14 +369,7 @@ fn resolution_flags_are_real_yt_dlp_options() {
         .position(|a| a == "--")
         .expect("a -- before the URLs");
     assert_eq!(&args[split + 1..], urls.as_slice());
-    let home = tempfile::tempdir().unwrap();
-    let help = run(isolated(&tool("yt-dlp"), home.path()).arg("--help"));
-    assert!(
-        help.status.success(),
-        "yt-dlp --help failed: {}",
-        help.stderr
-    );
-    let options = declared_options(&help.stdout);
+    let options = yt_dlp_options();
     assert!(
         options.contains_key("--flat-playlist"),
         "help parsing failed"
@@ -390,6 +395,7 @@ fn resolution_flags_are_real_yt_dlp_options() {
     }
     // The real yt-dlp takes the whole command line (here with no URL reachable: the proxies
     // point at a closed port, so it fails on the network, not on its options).
+    let home = tempfile::tempdir().unwrap();
     let ran = run(isolated(&tool("yt-dlp"), home.path())
         .args(&args[..split])
         .args(["--", "https://soundcloud.com/a/c"]));
@@ -421,14 +427,7 @@ fn yt_dlp_args_are_real_yt_dlp_options() {
         "double spaces in {value:?}"
     );
 
-    let home = tempfile::tempdir().unwrap();
-    let help = run(isolated(&tool("yt-dlp"), home.path()).arg("--help"));
-    assert!(
-        help.status.success(),
-        "yt-dlp --help failed: {}",
-        help.stderr
-    );
-    let options = declared_options(&help.stdout);
+    let options = yt_dlp_options();
     assert!(
         options.contains_key("--format") && options.contains_key("-f"),
         "help parsing failed"
