@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use support::proctree::{PeakTree, TreePeak};
-use support::serve::{serve, token, Server};
+use support::serve::{serve, Caller, Server};
 
 const SECRET: &str = "jobs-bench-secret";
 const MB: u64 = 1_000_000;
@@ -80,8 +80,7 @@ fn tracks(n: usize, from: usize) -> Vec<Value> {
 /// A fresh `xomcloud serve`: its own working and data dir, its own TMPDIR, and a client.
 struct Serve {
     server: Server,
-    http: reqwest::Client,
-    auth: String,
+    caller: Caller,
     // Removed (with every zip and track) when the run is over.
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
@@ -108,9 +107,8 @@ impl Serve {
         ];
         let server = serve(dir.path(), Some(SECRET), &envs);
         Self {
+            caller: Caller::new(&server, "bench", SECRET),
             server,
-            http: reqwest::Client::new(),
-            auth: format!("Bearer {}", token("bench", SECRET)),
             _dirs: (dir, tmp),
         }
     }
@@ -119,34 +117,15 @@ impl Serve {
         self.server.child.id()
     }
 
-    async fn post(&self, path: &str, tracks: &[Value]) -> (u16, Value) {
-        let res = self
-            .http
-            .post(format!("{}{path}", self.server.base))
-            .header("Authorization", &self.auth)
-            .json(&json!({ "tracks": tracks }))
-            .send()
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        (status, res.json().await.unwrap())
-    }
-
     async fn job(&self, id: &str) -> Value {
-        let res = self
-            .http
-            .get(format!("{}/jobs/{id}", self.server.base))
-            .header("Authorization", &self.auth)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 200, "GET /jobs/{id}");
-        res.json::<Value>().await.unwrap()["data"].clone()
+        let (status, body) = self.caller.get(id).await;
+        assert_eq!(status, 200, "GET /jobs/{id}: {body}");
+        body["data"].clone()
     }
 
     /// `POST /jobs` with `tracks`: the job's id.
     async fn create(&self, tracks: &[Value]) -> String {
-        let (status, body) = self.post("/jobs", tracks).await;
+        let (status, body, _) = self.caller.post(tracks, None).await;
         assert_eq!(status, 202, "{body}");
         body["data"]["job_id"].as_str().unwrap().to_owned()
     }
@@ -210,7 +189,7 @@ async fn job_vs_pipeline(failed: &mut bool) -> Result<TreePeak, String> {
     let sync_serve = Serve::start();
     let tree = PeakTree::start(sync_serve.pid(), TREE_EVERY);
     let started = Instant::now();
-    let (status, body) = sync_serve.post("/download", &tracks(N, 0)).await;
+    let (status, body, _) = sync_serve.caller.download(tracks(N, 0)).await;
     let sync_wall = started.elapsed();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["data"]["successful"], N, "{body}");
@@ -264,7 +243,7 @@ async fn accept_latency(failed: &mut bool) {
     let mut latencies = Vec::with_capacity(SAMPLES);
     for i in 0..SAMPLES {
         let started = Instant::now();
-        let (status, body) = serve.post("/jobs", &tracks(1, 1000 + i)).await;
+        let (status, body, _) = serve.caller.post(tracks(1, 1000 + i), None).await;
         let latency = started.elapsed();
         assert_eq!(status, 202, "{body}");
         latencies.push(latency);

@@ -6,7 +6,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::serve::{eventually, serve, token, Server};
+use support::serve::{eventually, serve, Caller};
 use support::stub::{group_alive, logged_pgids, logged_urls};
 
 const SECRET: &str = "jobs-serve-secret";
@@ -15,100 +15,6 @@ const LIMIT: Duration = Duration::from_secs(60);
 fn track(i: usize, slug: &str) -> Value {
     json!({"id": format!("t{i}"), "url": format!("https://soundcloud.com/stub/{slug}-{i}"),
            "title": format!("Song {i}"), "artist": "Stub"})
-}
-
-struct Client {
-    http: reqwest::Client,
-    base: String,
-    auth: String,
-}
-
-impl Client {
-    fn new(server: &Server, sub: &str) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            base: server.base.clone(),
-            auth: format!("Bearer {}", token(sub, SECRET)),
-        }
-    }
-
-    /// `sub` connecting from `local`: another loopback address is another caller (the same
-    /// principal from another IP, as visitors of one front end are).
-    fn from(server: &Server, sub: &str, local: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .local_address(local.parse::<std::net::IpAddr>().unwrap())
-            .build()
-            .unwrap();
-        Self {
-            http,
-            ..Self::new(server, sub)
-        }
-    }
-
-    /// `POST /download` of one track: status, body, headers.
-    async fn download(&self, tracks: &[Value]) -> (u16, Value, reqwest::header::HeaderMap) {
-        let res = self
-            .http
-            .post(format!("{}/download", self.base))
-            .header("Authorization", &self.auth)
-            .json(&json!({ "tracks": tracks }))
-            .send()
-            .await
-            .unwrap();
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        (status, res.json().await.unwrap(), headers)
-    }
-
-    async fn post(
-        &self,
-        tracks: &[Value],
-        key: Option<&str>,
-    ) -> (u16, Value, reqwest::header::HeaderMap) {
-        let mut request = self
-            .http
-            .post(format!("{}/jobs", self.base))
-            .header("Authorization", &self.auth)
-            .json(&json!({ "tracks": tracks }));
-        if let Some(key) = key {
-            request = request.header("Idempotency-Key", key);
-        }
-        let res = request.send().await.unwrap();
-        let status = res.status().as_u16();
-        let headers = res.headers().clone();
-        (status, res.json().await.unwrap(), headers)
-    }
-
-    async fn get(&self, id: &str) -> (u16, Value) {
-        let res = self
-            .http
-            .get(format!("{}/jobs/{id}", self.base))
-            .header("Authorization", &self.auth)
-            .send()
-            .await
-            .unwrap();
-        (res.status().as_u16(), res.json().await.unwrap())
-    }
-
-    async fn delete(&self, id: &str) -> (u16, Value) {
-        let res = self
-            .http
-            .delete(format!("{}/jobs/{id}", self.base))
-            .header("Authorization", &self.auth)
-            .send()
-            .await
-            .unwrap();
-        (res.status().as_u16(), res.json().await.unwrap())
-    }
-
-    /// Polls until the job's status is `status`; its last view.
-    async fn until(&self, id: &str, status: &str) -> Value {
-        eventually(LIMIT, &format!("job {id} {status}"), || async {
-            let (_, body) = self.get(id).await;
-            (body["data"]["status"] == status).then_some(body["data"].clone())
-        })
-        .await
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -125,7 +31,7 @@ async fn jobs_run_locally_and_survive_a_crash_of_the_server() {
         ("TMPDIR", tmp.path().to_str().unwrap()),
     ];
     let mut server = serve(dir.path(), Some(SECRET), &envs);
-    let alice = Client::new(&server, "alice");
+    let alice = Caller::new(&server, "alice", SECRET);
 
     // A job with two failing tracks: 202 with a Location, then done with exactly the others.
     let tracks: Vec<Value> = (0..6)
@@ -163,7 +69,7 @@ async fn jobs_run_locally_and_survive_a_crash_of_the_server() {
     assert!(dir.path().join("data/jobs.db").is_file());
 
     // Another caller: 404; the same Idempotency-Key: the same job.
-    let bob = Client::new(&server, "bob");
+    let bob = Caller::new(&server, "bob", SECRET);
     assert_eq!(bob.get(&id).await.0, 404);
     let (_, first, _) = alice.post(&tracks[..1], Some("k-1")).await;
     let (_, again, _) = alice.post(&tracks[..1], Some("k-1")).await;
@@ -192,7 +98,7 @@ async fn jobs_run_locally_and_survive_a_crash_of_the_server() {
     .await;
     server.kill();
     let server = serve(dir.path(), Some(SECRET), &envs);
-    let alice = Client::new(&server, "alice");
+    let alice = Caller::new(&server, "alice", SECRET);
     let done = alice.until(&id, "done").await;
     let names = support::zips::names_at(done["download_url"].as_str().unwrap()).await;
     let expected: Vec<String> = (10..18).map(|i| format!("Stub - Song {i}.mp3")).collect();
@@ -226,7 +132,7 @@ async fn a_local_job_can_be_cancelled_and_bad_input_creates_nothing() {
         ("TRACK_TIMEOUT_SECONDS", "60"),
     ];
     let server = serve(dir.path(), Some(SECRET), &envs);
-    let alice = Client::new(&server, "alice");
+    let alice = Caller::new(&server, "alice", SECRET);
 
     // Preflight: DELETE and Idempotency-Key allowed, Location exposed.
     let res = reqwest::Client::new()
@@ -353,8 +259,8 @@ async fn a_burst_from_one_caller_is_refused_and_the_same_principal_elsewhere_is_
         ("SCDL_STUB_DELAY", "0"),
     ];
     let server = serve(dir.path(), Some(SECRET), &envs);
-    let here = Client::from(&server, "front-end", "127.0.0.1");
-    let elsewhere = Client::from(&server, "front-end", "127.0.0.2");
+    let here = Caller::from_address(&server, "front-end", SECRET, "127.0.0.1");
+    let elsewhere = Caller::from_address(&server, "front-end", SECRET, "127.0.0.2");
     let policy = "\"per-caller\";q=1;w=60";
 
     // Downloads and jobs draw from one bucket; every answer shows what is left.
@@ -418,7 +324,7 @@ async fn a_burst_from_one_caller_is_refused_and_the_same_principal_elsewhere_is_
     // Neither address nor token reaches the logs.
     let logs = server.output();
     assert!(!logs.contains("127.0.0.2"), "{logs}");
-    assert!(!logs.contains(here.auth.trim_start_matches("Bearer ")));
+    assert!(!logs.contains(here.auth().trim_start_matches("Bearer ")));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -433,8 +339,8 @@ async fn twenty_concurrent_jobs_from_one_caller_leave_three_active() {
         ("RATE_LIMIT_BURST", "100"),
     ];
     let server = serve(dir.path(), Some(SECRET), &envs);
-    let here = Client::from(&server, "front-end", "127.0.0.1");
-    let elsewhere = Client::from(&server, "front-end", "127.0.0.2");
+    let here = Caller::from_address(&server, "front-end", SECRET, "127.0.0.1");
+    let elsewhere = Caller::from_address(&server, "front-end", SECRET, "127.0.0.2");
 
     let bodies: Vec<Vec<Value>> = (0..20).map(|i| vec![track(i, "bench")]).collect();
     let answers = futures::future::join_all(bodies.iter().map(|b| here.post(b, None))).await;

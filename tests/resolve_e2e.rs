@@ -7,25 +7,22 @@
 mod support;
 
 use std::path::Path;
-use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::bins::tools_bin;
-use support::serve::{eventually, serve, token, Server};
+use support::serve::{serve, Caller, Server};
 use support::soundcloud_api::{set_track_slugs, SoundCloudApi};
 use support::stub::logged_urls;
 
 const SECRET: &str = "resolve-e2e-secret";
 const CLIENT_ID: &str = "resolve-e2e-client-id-3b9d";
-const LIMIT: Duration = Duration::from_secs(90);
 const SET: &str = "https://soundcloud.com/fake-artist/sets";
 
 struct Setup {
     api: SoundCloudApi,
     server: Server,
     dir: tempfile::TempDir,
-    auth: String,
-    http: reqwest::Client,
+    alice: Caller,
 }
 
 impl Setup {
@@ -66,10 +63,9 @@ impl Setup {
         let server = serve(dir.path(), Some(SECRET), &refs);
         Self {
             api,
-            auth: format!("Bearer {}", token("alice", SECRET)),
+            alice: Caller::new(&server, "alice", SECRET),
             server,
             dir,
-            http: reqwest::Client::new(),
         }
     }
 
@@ -96,43 +92,12 @@ impl Setup {
             .unwrap_or(0)
     }
 
-    async fn post(&self, path: &str, tracks: Value) -> (u16, Value) {
-        let res = self
-            .http
-            .post(format!("{}{path}", self.server.base))
-            .header("Authorization", &self.auth)
-            .json(&json!({ "tracks": tracks }))
-            .send()
-            .await
-            .unwrap();
-        (res.status().as_u16(), res.json().await.unwrap())
-    }
-
     /// `POST /jobs` (202) then polls until the job is final; its last view.
     async fn job(&self, tracks: Value) -> Value {
-        let (status, body) = self.post("/jobs", tracks).await;
+        let (status, body, _) = self.alice.post(tracks, None).await;
         assert_eq!(status, 202, "{body}");
-        let id = body["data"]["job_id"].as_str().unwrap().to_owned();
-        eventually(LIMIT, &format!("job {id} final"), || async {
-            let res = self
-                .http
-                .get(format!("{}/jobs/{id}", self.server.base))
-                .header("Authorization", &self.auth)
-                .send()
-                .await
-                .unwrap();
-            assert!(
-                res.status().is_success(),
-                "GET /jobs/{id}: {}",
-                res.status()
-            );
-            let body: Value = res.json().await.unwrap();
-            let status = body["data"]["status"].as_str().unwrap().to_owned();
-            ["done", "failed", "cancelled"]
-                .contains(&status.as_str())
-                .then_some(body["data"].clone())
-        })
-        .await
+        let id = body["data"]["job_id"].as_str().unwrap();
+        self.alice.until_final(id).await
     }
 }
 
@@ -259,11 +224,9 @@ async fn a_set_expands_in_order_and_bare_links_get_their_titles() {
 
     // POST /download refuses a set, pointing to /jobs, and starts nothing.
     let scdl_runs = s.scdl_urls().len();
-    let (status, body) = s
-        .post(
-            "/download",
-            json!([{"id": "5", "url": format!("{SET}/n12-mix")}]),
-        )
+    let (status, body, _) = s
+        .alice
+        .download(json!([{"id": "5", "url": format!("{SET}/n12-mix")}]))
         .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "VALIDATION_ERROR");

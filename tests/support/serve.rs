@@ -143,3 +143,123 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// One caller of `serve`'s API: a principal's token over HTTP, from 127.0.0.1 or another
+/// loopback address (the same principal from another address is another caller for the rate
+/// limits, as the visitors of one front end are).
+pub struct Caller {
+    http: reqwest::Client,
+    base: String,
+    auth: String,
+}
+
+/// How long [`Caller::until`] and [`Caller::until_final`] wait for a job.
+pub const JOB_LIMIT: Duration = Duration::from_secs(90);
+
+impl Caller {
+    pub fn new(server: &Server, sub: &str, secret: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: server.base.clone(),
+            auth: format!("Bearer {}", token(sub, secret)),
+        }
+    }
+
+    /// `sub` connecting from `local` (a loopback address).
+    pub fn from_address(server: &Server, sub: &str, secret: &str, local: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .local_address(local.parse::<std::net::IpAddr>().unwrap())
+            .build()
+            .unwrap();
+        Self {
+            http,
+            ..Self::new(server, sub, secret)
+        }
+    }
+
+    /// The `Authorization` header value this caller sends.
+    pub fn auth(&self) -> &str {
+        &self.auth
+    }
+
+    /// `POST /download` with `{"tracks": …}`: status, body, headers.
+    pub async fn download(
+        &self,
+        tracks: impl serde::Serialize,
+    ) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+        self.create("/download", tracks, None).await
+    }
+
+    /// `POST /jobs` with `{"tracks": …}` and an optional `Idempotency-Key`: status, body, headers.
+    pub async fn post(
+        &self,
+        tracks: impl serde::Serialize,
+        key: Option<&str>,
+    ) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+        self.create("/jobs", tracks, key).await
+    }
+
+    async fn create(
+        &self,
+        path: &str,
+        tracks: impl serde::Serialize,
+        key: Option<&str>,
+    ) -> (u16, serde_json::Value, reqwest::header::HeaderMap) {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("Authorization", &self.auth)
+            .json(&serde_json::json!({ "tracks": tracks }));
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let res = request.send().await.unwrap();
+        let status = res.status().as_u16();
+        let headers = res.headers().clone();
+        (status, res.json().await.unwrap(), headers)
+    }
+
+    /// `GET /jobs/{id}`: status, body.
+    pub async fn get(&self, id: &str) -> (u16, serde_json::Value) {
+        self.send(self.http.get(format!("{}/jobs/{id}", self.base)))
+            .await
+    }
+
+    /// `DELETE /jobs/{id}`: status, body.
+    pub async fn delete(&self, id: &str) -> (u16, serde_json::Value) {
+        self.send(self.http.delete(format!("{}/jobs/{id}", self.base)))
+            .await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+        let res = request
+            .header("Authorization", &self.auth)
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.json().await.unwrap())
+    }
+
+    /// Polls until the job's status is `status`; its last view (`data`).
+    pub async fn until(&self, id: &str, status: &str) -> serde_json::Value {
+        eventually(JOB_LIMIT, &format!("job {id} {status}"), || async {
+            let (_, body) = self.get(id).await;
+            (body["data"]["status"] == status).then_some(body["data"].clone())
+        })
+        .await
+    }
+
+    /// Polls until the job is final (done, failed or cancelled); its last view (`data`).
+    pub async fn until_final(&self, id: &str) -> serde_json::Value {
+        eventually(JOB_LIMIT, &format!("job {id} final"), || async {
+            let (status, body) = self.get(id).await;
+            assert_eq!(status, 200, "GET /jobs/{id}: {body}");
+            matches!(
+                body["data"]["status"].as_str(),
+                Some("done" | "failed" | "cancelled")
+            )
+            .then_some(body["data"].clone())
+        })
+        .await
+    }
+}
