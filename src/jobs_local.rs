@@ -7,6 +7,7 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 use xomcloud_common::config::Settings;
 use xomcloud_common::storage::Storage;
+use xomcloud_download_tracks::jobs::cache::CACHE_PREFIX;
 use xomcloud_download_tracks::jobs::{JobsApi, RunOutcome};
 use xomcloud_download_tracks::service::DownloadService;
 use xomcloud_download_tracks::wiring;
@@ -27,8 +28,14 @@ pub async fn start(
             .with_active_limit(settings.max_active_jobs_per_caller),
     );
     let unfinished = sqlite.unfinished().await.map_err(|e| e.to_string())?;
-    // Records live JOB_TTL_HOURS, as DynamoDB's TTL does it in AWS.
+    // Records live JOB_TTL_HOURS, as DynamoDB's TTL does it in AWS; on disk, cached tracks live
+    // TRACK_CACHE_DAYS, as the bucket's lifecycle rule does it (in S3 mode that rule applies).
     let sweeper = sqlite.clone();
+    let cache_dir = settings
+        .bucket
+        .is_none()
+        .then(|| settings.data_dir.join(CACHE_PREFIX));
+    let cache_age = settings.track_cache;
     tokio::spawn(async move {
         let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
         loop {
@@ -40,6 +47,14 @@ pub async fn start(
                 Ok(0) => {}
                 Ok(n) => tracing::info!(jobs = n, "expired job records removed"),
                 Err(e) => tracing::warn!(error = %e, "cannot remove expired job records"),
+            }
+            if let Some(dir) = cache_dir.clone() {
+                match tokio::task::spawn_blocking(move || sweep_cache(&dir, cache_age)).await {
+                    Ok(Ok(0)) => {}
+                    Ok(Ok(n)) => tracing::info!(files = n, "expired cached tracks removed"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "cannot sweep the track cache"),
+                    Err(e) => tracing::warn!(error = %e, "the track cache sweep failed"),
+                }
             }
         }
     });
@@ -85,4 +100,61 @@ pub async fn start(
     }
     let limits = download.limits.clone();
     Ok(wiring::jobs_api(settings, store, queue, storage, limits))
+}
+
+/// Removes the files of the cache directory (tracks, their metadata, a crashed write's leftovers)
+/// last written more than `max_age` ago; how many. No directory yet is nothing to do.
+pub fn sweep_cache(dir: &std::path::Path, max_age: std::time::Duration) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .unwrap_or_default();
+        if meta.is_file() && age > max_age {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_removes_only_old_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let tracks = dir.path().join(CACHE_PREFIX);
+        let day = std::time::Duration::from_secs(86_400);
+        assert_eq!(sweep_cache(&tracks, day).unwrap(), 0, "no directory yet");
+        std::fs::create_dir_all(&tracks).unwrap();
+        let old = std::time::SystemTime::now() - 2 * day;
+        for name in ["old.mp3", ".old.mp3.meta", "new.mp3", ".new.mp3.meta"] {
+            let file = std::fs::File::create(tracks.join(name)).unwrap();
+            if name.contains("old") {
+                file.set_modified(old).unwrap();
+            }
+        }
+        assert_eq!(sweep_cache(&tracks, day).unwrap(), 2);
+        let mut left: Vec<String> = std::fs::read_dir(&tracks)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".new.mp3.meta", "new.mp3"]);
+    }
 }

@@ -18,7 +18,9 @@ use xomcloud_authorizer::{Authorizer, Rules};
 use xomcloud_common::config::{self, EnvSecrets, Secret, Secrets};
 use xomcloud_common::presign::{LinkError, LinkSigner};
 use xomcloud_common::response::Cors;
-use xomcloud_common::storage::{content_disposition, unix_now, LocalStorage, S3Storage, Storage};
+use xomcloud_common::storage::{
+    attachment_named, content_disposition, content_type, unix_now, LocalStorage, S3Storage, Storage,
+};
 use xomcloud_common::ApiError;
 use xomcloud_download_tracks::jobs::{JobsApi, JobsRequest};
 use xomcloud_download_tracks::limits::Limits;
@@ -332,7 +334,12 @@ async fn file(
                 .error(&ApiError::Forbidden("The link is not signed".into())),
         );
     };
-    if let Err(e) = files.signer().verify(&key, expires, signature, unix_now()) {
+    // A named link (a job's track) gives that name; the name is signed with the rest.
+    let name = q.get("name").map(String::as_str);
+    if let Err(e) = files
+        .signer()
+        .verify_named(&key, expires, name, signature, unix_now())
+    {
         let message = match e {
             LinkError::Expired => "The link has expired",
             LinkError::BadSignature => "The link signature is invalid",
@@ -348,21 +355,30 @@ async fn file(
     };
     let length = file.metadata().await.map(|m| m.len()).ok();
     let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
-    let headers = file_headers(&key, length, app.cors.allow_origin());
+    let headers = file_headers(&key, name, length, app.cors.allow_origin());
     (StatusCode::OK, headers, body).into_response()
 }
 
 /// The headers of a `/files` answer. No `Content-Length` when the size is unknown: the body is
 /// streamed anyway, and a made-up length would cut it short.
-fn file_headers(key: &str, length: Option<u64>, allow_origin: &str) -> HeaderMap {
+fn file_headers(
+    key: &str,
+    name: Option<&str>,
+    length: Option<u64>,
+    allow_origin: &str,
+) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let mut set = |name, value: String| {
         if let Ok(value) = header::HeaderValue::try_from(value) {
             headers.insert(name, value);
         }
     };
-    set(header::CONTENT_TYPE, "application/zip".to_owned());
-    set(header::CONTENT_DISPOSITION, content_disposition(key));
+    set(header::CONTENT_TYPE, content_type(key).to_owned());
+    let disposition = match name {
+        Some(name) => attachment_named(name),
+        None => content_disposition(key),
+    };
+    set(header::CONTENT_DISPOSITION, disposition);
     if let Some(length) = length {
         set(header::CONTENT_LENGTH, length.to_string());
     }
@@ -386,18 +402,24 @@ mod tests {
 
     #[test]
     fn a_file_of_unknown_size_has_no_content_length() {
-        let unknown = file_headers("a/xomcloud-tracks.zip", None, "https://x.example");
+        let unknown = file_headers("a/xomcloud-tracks.zip", None, None, "https://x.example");
         assert!(unknown.get(header::CONTENT_LENGTH).is_none(), "{unknown:?}");
         assert_eq!(unknown[header::CONTENT_TYPE], "application/zip");
         assert_eq!(
             unknown[header::ACCESS_CONTROL_ALLOW_ORIGIN],
             "https://x.example"
         );
-        let known = file_headers("a/xomcloud-tracks.zip", Some(42), "https://x.example");
+        let known = file_headers("a/xomcloud-tracks.zip", None, Some(42), "https://x.example");
         assert_eq!(known[header::CONTENT_LENGTH], "42");
         assert_eq!(
             known[header::CONTENT_DISPOSITION],
             "attachment; filename=\"xomcloud-tracks.zip\""
+        );
+        let track = file_headers(".cache/tracks/u1.mp3", Some("Ærø - Ön.mp3"), None, "*");
+        assert_eq!(track[header::CONTENT_TYPE], "audio/mpeg");
+        assert_eq!(
+            track[header::CONTENT_DISPOSITION],
+            "attachment; filename=\"_r_ - _n.mp3\"; filename*=UTF-8''%C3%86r%C3%B8%20-%20%C3%96n.mp3"
         );
     }
 }

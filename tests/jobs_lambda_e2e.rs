@@ -1070,7 +1070,182 @@ async fn a_set_link_expands_in_the_worker_into_its_tracks_in_order() {
         .collect();
     assert_eq!(names, expected);
     assert_eq!(h.scdl_runs().len(), 12);
+    // Resolution read SoundCloud's ids: the tracks are cached under them.
+    let cached: Vec<String> =
+        h.s3.objects()
+            .into_iter()
+            .filter(|k| k.starts_with(".cache/tracks/"))
+            .collect();
+    assert_eq!(cached.len(), 12, "{cached:?}");
+    for track in d["tracks"].as_array().unwrap() {
+        let key = format!(".cache/tracks/sc{}.mp3", track["id"].as_str().unwrap());
+        assert!(cached.contains(&key), "{key} not in {cached:?}");
+    }
+    // The same set again: resolved again, fetched never.
+    let (_, body, _) = h.post(&json!({ "tracks": [set] }), ALICE, None).await;
+    let again = body["data"]["job_id"].as_str().unwrap().to_owned();
+    assert_eq!(h.drain(WORKER_TIME).await, 1);
+    let (_, body) = h.get(&again, ALICE).await;
+    assert_eq!(body["data"]["status"], "done", "{body}");
+    assert_eq!(h.scdl_runs().len(), 12, "cached tracks are not fetched");
     assert!(h.temp_is_empty());
     assert!(h.job_objects().is_empty());
     assert!(!h.worker_logs().contains(CLIENT_ID), "client id in logs");
+}
+
+/// The shared track cache on the Lambda path: a key the client cannot choose, repeats served
+/// without scdl, failures not cached, concurrent jobs fetching a track once, and each done
+/// track's own presigned link.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shared_track_cache_serves_repeats_once_and_keeps_tracks_apart() {
+    use xomcloud_download_tracks::jobs::cache::{cache_key, cache_object};
+    // Seven jobs from one caller: more than a burst of the rate limit.
+    let h = &Harness::start(&[("RATE_LIMIT_PER_MINUTE", "0")]).await;
+    let url = |slug: &str| format!("https://soundcloud.com/stub/{slug}");
+    let cached = || -> Vec<String> {
+        h.s3.objects()
+            .into_iter()
+            .filter(|k| k.starts_with(".cache/tracks/"))
+            .collect()
+    };
+    let runs_of = |slug: &str| {
+        let u = url(slug);
+        h.scdl_runs().iter().filter(|r| **r == u).count()
+    };
+    let done_job = |id: String| async move {
+        let (_, body) = h.get(&id, ALICE).await;
+        assert_eq!(
+            body["data"]["status"],
+            "done",
+            "{body}\n{}",
+            h.worker_logs()
+        );
+        body["data"].clone()
+    };
+
+    // A first job: its good tracks land in the cache under keys of their URLs; the failed one
+    // does not.
+    let first = h
+        .create(&[track(0, "bench"), track(1, "bench"), track(2, "notfound")])
+        .await;
+    assert_eq!(h.drain(WORKER_TIME).await, 1);
+    let d = done_job(first).await;
+    let zip_a = fetch_zip(d["download_url"].as_str().unwrap()).await;
+    let mut want: Vec<String> = ["bench-0", "bench-1"]
+        .iter()
+        .map(|s| cache_object(&cache_key(&url(s))))
+        .collect();
+    want.sort();
+    assert_eq!(cached(), want);
+    assert!(!h
+        .s3
+        .object_path(&cache_object(&cache_key(&url("notfound-2"))))
+        .exists());
+
+    // Each done track's own link: its cached bytes, named as its zip entry (the override is
+    // signed into the URL, which is what S3 answers with), with MP3's content type.
+    let link = d["tracks"][0]["url"].as_str().expect("a done track's url");
+    assert!(
+        d["tracks"][2].get("url").is_none(),
+        "a failed track has none"
+    );
+    let parsed = url::Url::parse(link).unwrap();
+    let query: HashMap<String, String> = parsed.query_pairs().into_owned().collect();
+    assert_eq!(
+        query["response-content-disposition"],
+        "attachment; filename=\"Stub - Song 0.mp3\"; filename*=UTF-8''Stub%20-%20Song%200.mp3"
+    );
+    assert_eq!(query["response-content-type"], "audio/mpeg");
+    let bytes = reqwest::get(link).await.unwrap().bytes().await.unwrap();
+    assert_eq!(bytes.as_ref(), zip_a[0].1.as_slice());
+
+    // The same tracks again, named otherwise, beside a new one: only the new one is fetched,
+    // and the zip's names are this request's.
+    let renamed = |i: usize| {
+        json!({"id": format!("t{i}"), "url": url(&format!("bench-{i}")),
+               "title": format!("Other {i}"), "artist": "Else"})
+    };
+    let second = h.create(&[renamed(1), renamed(0), track(3, "bench")]).await;
+    assert_eq!(h.drain(WORKER_TIME).await, 1);
+    let d = done_job(second).await;
+    let zip_b = fetch_zip(d["download_url"].as_str().unwrap()).await;
+    let names: Vec<&str> = zip_b.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Else - Other 1.mp3",
+            "Else - Other 0.mp3",
+            "Stub - Song 3.mp3"
+        ]
+    );
+    assert_eq!(zip_b[0].1, zip_a[1].1);
+    assert_eq!(zip_b[1].1, zip_a[0].1);
+    assert_eq!(
+        (runs_of("bench-0"), runs_of("bench-1"), runs_of("bench-3")),
+        (1, 1, 1)
+    );
+
+    // A job of cached tracks only runs no scdl at all.
+    let before = h.scdl_runs().len();
+    let third = h.create(&[track(3, "bench"), track(0, "bench")]).await;
+    assert_eq!(h.drain(WORKER_TIME).await, 1);
+    done_job(third).await;
+    assert_eq!(h.scdl_runs().len(), before, "cached tracks are not fetched");
+
+    // A forged id: track 0's id on another URL reaches nothing of track 0's.
+    let forged = json!({"id": "t0", "url": url("bench-7"), "title": "Song 0", "artist": "Stub"});
+    let fourth = h.create(&[forged]).await;
+    assert_eq!(h.drain(WORKER_TIME).await, 1);
+    let d = done_job(fourth).await;
+    let zip_d = fetch_zip(d["download_url"].as_str().unwrap()).await;
+    assert_eq!(
+        runs_of("bench-7"),
+        1,
+        "fetched, not taken from track 0's entry"
+    );
+    assert_ne!(zip_d[0].1, zip_a[0].1, "its own audio");
+    assert_eq!(cached().len(), 4, "bench-0, 1, 3 and 7");
+
+    // Two jobs asking at once for the same uncached track, run by two workers at once (Lambda's
+    // concurrency): fetched once, both done with the same audio.
+    let second_worker = {
+        let mut refs: Vec<(&str, &str)> = h
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        refs.push(("_HANDLER", "jobs-worker"));
+        spawn_function_with_args(
+            &workspace_bin("xomcloud-download-tracks"),
+            &["jobs-worker"],
+            &h.worker_runtime,
+            &refs,
+        )
+    };
+    let shared = h.create(&[track(9, "bench")]).await;
+    let also = h.create(&[track(9, "bench"), track(8, "bench")]).await;
+    let (a, b) = (
+        h.receive(&h.queue_url).await.expect("a message"),
+        h.receive(&h.queue_url).await.expect("another message"),
+    );
+    let (answer_a, answer_b) = tokio::join!(
+        h.deliver(&a, &h.queue_url, &h.queue_arn, WORKER_TIME),
+        h.deliver(&b, &h.queue_url, &h.queue_arn, WORKER_TIME),
+    );
+    for answer in [answer_a, answer_b] {
+        assert_eq!(
+            answer["batchItemFailures"],
+            json!([]),
+            "{}",
+            second_worker.logs()
+        );
+    }
+    let zip_e = fetch_zip(done_job(shared).await["download_url"].as_str().unwrap()).await;
+    let zip_f = fetch_zip(done_job(also).await["download_url"].as_str().unwrap()).await;
+    assert_eq!(runs_of("bench-9"), 1, "one fetch for both jobs");
+    assert_eq!(zip_e[0].1, zip_f[0].1);
+    // Cleanup removed no cached track; nothing is left per job or in the temp dir.
+    assert_eq!(cached().len(), 4 + 2);
+    assert!(h.job_objects().is_empty());
+    assert!(h.temp_is_empty());
 }

@@ -218,6 +218,22 @@ async fn a_local_job_can_be_cancelled_and_bad_input_creates_nothing() {
         .map(|t| t["state"].as_str().unwrap())
         .collect();
     assert_eq!(states, ["cancelled"; 3], "{body}");
+
+    // Its tracks' cache leases were given back: a new job asking for one of them fetches it at
+    // once, rather than waiting out the lease (2 × 60 s + 65 s here, past LIMIT).
+    let before = logged_urls(&log).len();
+    let (status, body, _) = alice.post(&tracks[..1], None).await;
+    assert_eq!(status, 202, "{body}");
+    let again = body["data"]["job_id"].as_str().unwrap().to_owned();
+    eventually(LIMIT, "the track fetched by the new job", || async {
+        (logged_urls(&log).len() > before).then_some(())
+    })
+    .await;
+    assert_eq!(
+        logged_urls(&log)[before],
+        tracks[0]["url"].as_str().unwrap()
+    );
+    assert_eq!(alice.delete(&again).await.0, 202);
 }
 
 fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
@@ -383,4 +399,148 @@ async fn twenty_concurrent_jobs_from_one_caller_leave_three_active() {
     {
         here.delete(id).await;
     }
+}
+
+async fn zip_at(url: &str) -> Vec<(String, Vec<u8>)> {
+    let response = reqwest::get(url).await.unwrap();
+    assert_eq!(response.status(), 200, "{url}");
+    support::zips::entries(&response.bytes().await.unwrap())
+}
+
+/// The shared track cache in `serve`: under `$XOMCLOUD_DATA_DIR/.cache/tracks/`, keyed by the
+/// track's URL (never the client's id); repeats and concurrent asks fetch once, a failure is
+/// not cached, and a done track's own link serves its MP3 under its zip entry's name.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shared_track_cache_serves_repeats_once_and_names_each_track() {
+    use xomcloud_download_tracks::jobs::cache::{cache_key, cache_object};
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("scdl.log");
+    let tmp = tempfile::tempdir().unwrap();
+    let envs = [
+        ("SCDL_STUB_LOG", log.to_str().unwrap()),
+        ("SCDL_STUB_SIZE", "50000"),
+        ("SCDL_STUB_DELAY", "0.5"),
+        ("DOWNLOAD_CONCURRENCY", "2"),
+        ("JOB_WORKERS", "2"),
+        ("RATE_LIMIT_PER_MINUTE", "0"),
+        ("TRACK_RETRY_PAUSE_SECONDS", "0"),
+        ("TMPDIR", tmp.path().to_str().unwrap()),
+    ];
+    let server = serve(dir.path(), Some(SECRET), &envs);
+    let alice = Caller::new(&server, "alice", SECRET);
+    let url = |slug: &str| format!("https://soundcloud.com/stub/{slug}");
+    let in_cache = |slug: &str| {
+        dir.path()
+            .join("data")
+            .join(cache_object(&cache_key(&url(slug))))
+    };
+    let runs_of = |slug: &str| {
+        let u = url(slug);
+        logged_urls(&log).iter().filter(|r| **r == u).count()
+    };
+    let run = |tracks: Vec<Value>| {
+        let alice = &alice;
+        async move {
+            let (status, body, _) = alice.post(&tracks, None).await;
+            assert_eq!(status, 202, "{body}");
+            let id = body["data"]["job_id"].as_str().unwrap().to_owned();
+            alice.until(&id, "done").await
+        }
+    };
+
+    let unicode =
+        json!({"id": "t0", "url": url("bench-0"), "title": "Ünïcode 0", "artist": "Stub"});
+    let first = run(vec![unicode, track(1, "bench"), track(2, "notfound")]).await;
+    let zip_a = zip_at(first["download_url"].as_str().unwrap()).await;
+    assert!(in_cache("bench-0").is_file() && in_cache("bench-1").is_file());
+    assert!(
+        !in_cache("notfound-2").exists(),
+        "a failed track is not cached"
+    );
+
+    // A done track's own link: its bytes, audio/mpeg, named as in the zip (RFC 5987 UTF-8).
+    let link = first["tracks"][0]["url"]
+        .as_str()
+        .expect("a done track's url");
+    assert!(first["tracks"][2].get("url").is_none());
+    let response = reqwest::get(link).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "audio/mpeg");
+    assert_eq!(
+        response.headers()["content-disposition"],
+        "attachment; filename=\"Stub - _n_code 0.mp3\"; \
+         filename*=UTF-8''Stub%20-%20%C3%9Cn%C3%AFcode%200.mp3"
+    );
+    assert_eq!(zip_a[0].0, "Stub - Ünïcode 0.mp3");
+    assert_eq!(
+        response.bytes().await.unwrap().as_ref(),
+        zip_a[0].1.as_slice()
+    );
+    // The name is signed with the link.
+    let renamed = link.replace("name=Stub", "name=Evil");
+    assert_eq!(reqwest::get(&renamed).await.unwrap().status(), 403);
+
+    // The same tracks again under other names, beside a new one: only the new one is fetched.
+    let other = |i: usize| {
+        json!({"id": format!("x{i}"), "url": url(&format!("bench-{i}")),
+               "title": format!("Other {i}"), "artist": "Else"})
+    };
+    let second = run(vec![other(1), other(0), track(3, "bench")]).await;
+    let zip_b = zip_at(second["download_url"].as_str().unwrap()).await;
+    let names: Vec<&str> = zip_b.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "Else - Other 1.mp3",
+            "Else - Other 0.mp3",
+            "Stub - Song 3.mp3"
+        ]
+    );
+    assert_eq!(
+        (zip_b[0].1.as_slice(), zip_b[1].1.as_slice()),
+        (zip_a[1].1.as_slice(), zip_a[0].1.as_slice())
+    );
+    assert_eq!(
+        (runs_of("bench-0"), runs_of("bench-1"), runs_of("bench-3")),
+        (1, 1, 1)
+    );
+
+    // A job of cached tracks runs no scdl.
+    let before = logged_urls(&log).len();
+    run(vec![track(3, "bench"), track(1, "bench")]).await;
+    assert_eq!(
+        logged_urls(&log).len(),
+        before,
+        "cached tracks are not fetched"
+    );
+
+    // A forged id (track 0's, on another URL) reaches nothing of track 0's.
+    let forged = json!({"id": "t0", "url": url("bench-7"), "title": "Song 0", "artist": "Stub"});
+    let fourth = run(vec![forged]).await;
+    let zip_d = zip_at(fourth["download_url"].as_str().unwrap()).await;
+    assert_eq!(runs_of("bench-7"), 1);
+    assert_ne!(zip_d[0].1, zip_a[0].1, "its own audio");
+
+    // Two jobs at once (JOB_WORKERS=2) asking for the same uncached track: fetched once.
+    let (e, f) = tokio::join!(
+        run(vec![track(9, "bench")]),
+        run(vec![track(8, "bench"), track(9, "bench")])
+    );
+    let zip_e = zip_at(e["download_url"].as_str().unwrap()).await;
+    let zip_f = zip_at(f["download_url"].as_str().unwrap()).await;
+    assert_eq!(runs_of("bench-9"), 1, "one fetch for both jobs");
+    assert_eq!(zip_e[0].1, zip_f[1].1);
+
+    // Cleanup kept the cache; nothing per job or in the temp dir.
+    for slug in [
+        "bench-0", "bench-1", "bench-3", "bench-7", "bench-8", "bench-9",
+    ] {
+        assert!(in_cache(slug).is_file(), "{slug}");
+    }
+    let jobs_dir = dir.path().join("data/jobs");
+    assert!(!jobs_dir.exists() || std::fs::read_dir(&jobs_dir).unwrap().next().is_none());
+    assert!(
+        std::fs::read_dir(tmp.path()).unwrap().next().is_none(),
+        "temp dir empty"
+    );
 }

@@ -24,6 +24,7 @@ fn spec(i: usize) -> TrackSpec {
         url: format!("https://soundcloud.com/artist/track-{i}"),
         title: format!("Track {i}"),
         artist: "Artist".into(),
+        cache_key: None,
     }
 }
 
@@ -42,6 +43,7 @@ fn largest_job(owner: &str) -> Job {
                 url: format!("{prefix}{}", "x".repeat(2048 - prefix.len())),
                 title: format!("{i:03}{}", "é".repeat(297)),
                 artist: format!("{i:03}{}", "ß".repeat(297)),
+                cache_key: None,
             }
         })
         .collect::<Vec<_>>();
@@ -287,6 +289,46 @@ async fn contract(store: &dyn JobStore) {
     assert_eq!(store.get(&unknown).await.unwrap(), None, "no stray items");
 
     replace_tracks_contract(store).await;
+    lease_contract(store).await;
+}
+
+/// The shared track cache's lease: one holder at a time per key, the holder may take it again,
+/// a lease given back or expired is free, giving back someone else's lease does nothing, and
+/// keys are independent. Expiry is checked with leases taken already expired (no waiting).
+async fn lease_contract(store: &dyn JobStore) {
+    let now = unix_now();
+    let key = "u0123456789abcdef0123456789abcdef";
+    assert!(store.take_lease(key, "job-a/0", now + 300).await.unwrap());
+    assert!(!store.take_lease(key, "job-b/3", now + 300).await.unwrap());
+    assert!(
+        store.take_lease(key, "job-a/0", now + 300).await.unwrap(),
+        "again, same holder"
+    );
+    assert!(store
+        .take_lease("u-other", "job-b/3", now + 300)
+        .await
+        .unwrap());
+    store.release_lease(key, "job-b/3").await.unwrap();
+    assert!(
+        !store.take_lease(key, "job-b/3", now + 300).await.unwrap(),
+        "not b's to give back"
+    );
+    store.release_lease(key, "job-a/0").await.unwrap();
+    assert!(
+        store.take_lease(key, "job-b/3", now + 300).await.unwrap(),
+        "given back: free"
+    );
+    store.release_lease(key, "job-b/3").await.unwrap();
+    store.release_lease(key, "job-b/3").await.unwrap();
+    // A holder that died: its lease runs out and the next one takes it over.
+    assert!(store.take_lease(key, "job-c/1", now - 1).await.unwrap());
+    assert!(
+        store.take_lease(key, "job-d/2", now + 300).await.unwrap(),
+        "expired: taken over"
+    );
+    assert!(!store.take_lease(key, "job-c/1", now + 300).await.unwrap());
+    // Leases are not jobs: no job id reads one.
+    assert_eq!(store.get(key).await.unwrap(), None);
 }
 
 /// Resolution's write: a running job's tracks become the resolved list, all queued, and its
@@ -299,6 +341,7 @@ async fn replace_tracks_contract(store: &dyn JobStore) {
         url: "https://soundcloud.com/artist/sets/mix".into(),
         title: String::new(),
         artist: String::new(),
+        cache_key: None,
     };
     let job = job_of("carol", vec![bare.clone(), spec(1)]);
     assert_eq!(store.create(&job, None).await.unwrap(), Created::New);
@@ -313,7 +356,13 @@ async fn replace_tracks_contract(store: &dyn JobStore) {
         .await
         .unwrap());
 
-    let grown: Vec<TrackSpec> = (10..40).map(spec).collect();
+    // Resolution's tracks carry their cache key (every other one here), which reads back.
+    let grown: Vec<TrackSpec> = (10..40)
+        .map(|i| TrackSpec {
+            cache_key: (i % 2 == 0).then(|| format!("sc{}", 500 + i)),
+            ..spec(i)
+        })
+        .collect();
     assert!(store.replace_tracks(&job.id, &grown).await.unwrap());
     let after = store.get(&job.id).await.unwrap().unwrap();
     assert_eq!(after.tracks.len(), 30);
@@ -585,7 +634,6 @@ async fn dynamodb_items_have_the_documented_layout() {
     assert!(store.get(&job.id).await.unwrap() == Some(job.clone()));
     eprintln!("200-track job: get in one page {:?}", started.elapsed());
 
-    let items = scan(&client).await;
     let s = |item: &HashMap<String, AttributeValue>, name: &str| {
         item.get(name)
             .and_then(|v| v.as_s().ok())
@@ -597,6 +645,19 @@ async fn dynamodb_items_have_the_documented_layout() {
             .and_then(|v| v.as_n().ok())
             .and_then(|v| v.parse::<u64>().ok())
     };
+    store
+        .take_lease("u0123456789abcdef0123456789abcdef", "j/0", 4_000_000_000)
+        .await
+        .unwrap();
+    let items = scan(&client).await;
+    let lease = items.iter().find(|i| s(i, "sk") == "lease").unwrap();
+    assert_eq!(s(lease, "pk"), "lease#u0123456789abcdef0123456789abcdef");
+    assert_eq!(s(lease, "holder"), "j/0");
+    assert_eq!(n(lease, "expires_at"), Some(4_000_000_000));
+    let items: Vec<_> = items
+        .into_iter()
+        .filter(|i| s(i, "sk") != "lease")
+        .collect();
     assert_eq!(items.len(), 1 + 200 + 1, "job + tracks + idempotency claim");
     let pk = format!("job#{}", job.id);
     let job_item = items.iter().find(|i| s(i, "sk") == "job").unwrap();

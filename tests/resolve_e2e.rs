@@ -149,6 +149,11 @@ async fn a_set_expands_in_order_and_bare_links_get_their_titles() {
         .collect();
     permalinks.sort();
     assert_eq!(s.scdl_urls(), permalinks);
+    // Cached under SoundCloud's ids, as resolution read them.
+    for id in column(&job, "id") {
+        let cached = s.path("data/.cache/tracks").join(format!("sc{id}.mp3"));
+        assert!(cached.is_file(), "{} missing", cached.display());
+    }
     let seen = s.api.received();
     let by_id = seen
         .iter()

@@ -121,7 +121,7 @@ resource "aws_cloudwatch_log_group" "jobs_worker" {
 
 resource "aws_lambda_function" "jobs_worker" {
   function_name = "${var.app_name}-jobs-worker"
-  description   = "Runs download jobs from SQS: fetches each track with scdl, stores it under jobs/, zips them to S3."
+  description   = "Runs download jobs from SQS: fetches each track with scdl into the shared track cache (.cache/tracks/), zips them to S3."
   package_type  = "Image"
   architectures = ["x86_64"]
   image_uri     = "${aws_ecr_repository.download_tracks.repository_url}:latest"
@@ -278,7 +278,9 @@ data "aws_iam_policy_document" "jobs_worker_policy" {
     actions = [
       "dynamodb:GetItem",
       "dynamodb:UpdateItem",
-      "dynamodb:Query"
+      "dynamodb:Query",
+      "dynamodb:PutItem",
+      "dynamodb:DeleteItem"
     ]
     resources = [aws_dynamodb_table.jobs.arn]
   }
@@ -519,5 +521,24 @@ resource "aws_api_gateway_integration_response" "jobs_options" {
 #
 #     expiration {
 #       days = 1
+#     }
+#   }
+#
+# and this one for the shared track cache (.cache/tracks/…: fetched tracks that every job reuses,
+# TRACK_CACHE_DAYS). The shortest of overlapping rules wins, so a rule of that configuration that
+# expires every object after a day also ends cached tracks after a day: give it prefixes that
+# .cache/ does not match (as template.yaml does, one per first character of an owner) to keep
+# them the full TRACK_CACHE_DAYS.
+#
+#   rule {
+#     id     = "expire-track-cache"
+#     status = "Enabled"
+#
+#     filter {
+#       prefix = ".cache/"
+#     }
+#
+#     expiration {
+#       days = 7
 #     }
 #   }

@@ -246,6 +246,9 @@ pub struct Settings {
     pub job_workers: usize,
     /// The pause before a track that failed for a passing reason is tried once more.
     pub track_retry_pause: Duration,
+    /// How long a fetched track stays in the shared track cache (`TRACK_CACHE_DAYS`): the
+    /// bucket's lifecycle rule in AWS, `serve`'s hourly sweep locally.
+    pub track_cache: Duration,
     /// A custom S3 endpoint (MinIO, s3s, LocalStack) is addressed path-style.
     pub s3_endpoint: Option<String>,
     /// `SOUNDCLOUD_TOKEN_URL`: where the auth-token proxy forwards the OAuth exchange.
@@ -343,6 +346,9 @@ impl Settings {
             },
             job_workers: number("JOB_WORKERS", 1, 1)? as usize,
             track_retry_pause: Duration::from_secs(number("TRACK_RETRY_PAUSE_SECONDS", 5, 0)?),
+            track_cache: Duration::from_secs(
+                number("TRACK_CACHE_DAYS", 7, 1)?.saturating_mul(86_400),
+            ),
             data_dir: text("XOMCLOUD_DATA_DIR")
                 .unwrap_or_else(|| "data".into())
                 .into(),
@@ -426,6 +432,7 @@ mod tests {
         assert!(!s.jwt_require_exp);
         assert_eq!((s.max_job_tracks, s.job_workers), (200, 1));
         assert_eq!(s.job_ttl, Duration::from_secs(24 * 3600));
+        assert_eq!(s.track_cache, Duration::from_secs(7 * 86_400));
         assert!(s.jobs_table.is_none() && s.jobs_queue_url.is_none());
         assert_eq!(
             (

@@ -1,5 +1,6 @@
-//! Signed local download links: `/files/{key}?expires={unix}&signature={hex}` with
-//! HMAC-SHA256, so the dev server can hand out links that behave like presigned S3 URLs.
+//! Signed local download links: `/files/{key}?expires={unix}&signature={hex}` (and `&name=…`,
+//! the file name the answer gives, signed with the rest) with HMAC-SHA256, so the dev server can
+//! hand out links that behave like presigned S3 URLs.
 
 use aws_lc_rs::hmac;
 
@@ -26,12 +27,20 @@ impl LinkSigner {
         }
     }
 
-    fn message(key: &str, expires: u64) -> String {
-        format!("GET\n{key}\n{expires}")
+    fn message(key: &str, expires: u64, name: Option<&str>) -> String {
+        match name {
+            None => format!("GET\n{key}\n{expires}"),
+            Some(name) => format!("GET\n{key}\n{expires}\n{name}"),
+        }
     }
 
     pub fn sign(&self, key: &str, expires: u64) -> String {
-        hex(hmac::sign(&self.key, Self::message(key, expires).as_bytes()).as_ref())
+        self.sign_named(key, expires, None)
+    }
+
+    /// A signature that also covers the file name the link's answer gives (`None`: the key's).
+    pub fn sign_named(&self, key: &str, expires: u64, name: Option<&str>) -> String {
+        hex(hmac::sign(&self.key, Self::message(key, expires, name).as_bytes()).as_ref())
     }
 
     /// Checks the signature (constant time) before the expiry, so a forged link learns nothing.
@@ -42,9 +51,25 @@ impl LinkSigner {
         signature: &str,
         now: u64,
     ) -> Result<(), LinkError> {
+        self.verify_named(key, expires, None, signature, now)
+    }
+
+    /// `verify` for a link that names its file.
+    pub fn verify_named(
+        &self,
+        key: &str,
+        expires: u64,
+        name: Option<&str>,
+        signature: &str,
+        now: u64,
+    ) -> Result<(), LinkError> {
         let tag = unhex(signature).ok_or(LinkError::BadSignature)?;
-        hmac::verify(&self.key, Self::message(key, expires).as_bytes(), &tag)
-            .map_err(|_| LinkError::BadSignature)?;
+        hmac::verify(
+            &self.key,
+            Self::message(key, expires, name).as_bytes(),
+            &tag,
+        )
+        .map_err(|_| LinkError::BadSignature)?;
         if now >= expires {
             return Err(LinkError::Expired);
         }
@@ -99,5 +124,16 @@ mod tests {
             signer.verify("k", 1000, "zz", 1),
             Err(LinkError::BadSignature)
         );
+        let named = signer.sign_named("k.mp3", 1000, Some("A - B.mp3"));
+        assert_eq!(
+            signer.verify_named("k.mp3", 1000, Some("A - B.mp3"), &named, 1),
+            Ok(())
+        );
+        for other in [None, Some("A - C.mp3")] {
+            assert_eq!(
+                signer.verify_named("k.mp3", 1000, other, &named, 1),
+                Err(LinkError::BadSignature)
+            );
+        }
     }
 }

@@ -63,23 +63,34 @@ pub async fn resolve(
     max_tracks: usize,
     lookup: &dyn Lookup,
 ) -> Result<Vec<Track>, String> {
+    let keyed = resolve_keyed(tracks, max_tracks, lookup).await?;
+    Ok(keyed.into_iter().map(|(track, _)| track).collect())
+}
+
+/// [`resolve`], each track beside SoundCloud's own id of it when its metadata was read (the
+/// shared track cache's key; a client's `id` never is).
+pub async fn resolve_keyed(
+    tracks: Vec<Track>,
+    max_tracks: usize,
+    lookup: &dyn Lookup,
+) -> Result<Vec<(Track, Option<String>)>, String> {
     let asked: Vec<usize> = (0..tracks.len())
         .filter(|&i| tracks[i].needs_resolution())
         .collect();
     if asked.is_empty() {
-        return Ok(tracks);
+        return Ok(tracks.into_iter().map(|t| (t, None)).collect());
     }
     let urls: Vec<String> = asked.iter().map(|&i| tracks[i].url.clone()).collect();
     let answers = lookup.look_up(&urls).await.map_err(|e| unreadable(&e))?;
     let mut answers: HashMap<usize, Result<Found, FetchError>> =
         asked.iter().copied().zip(answers).collect();
 
-    // Each output track, the entry it came from (for the messages), and whether a set listed it
-    // (then its title and artist are read next).
-    let mut out: Vec<(Track, usize, bool)> = Vec::with_capacity(tracks.len());
+    // Each output track, the entry it came from (for the messages), whether a set listed it
+    // (then its title and artist are read next), and SoundCloud's id of it.
+    let mut out: Vec<(Track, usize, bool, Option<String>)> = Vec::with_capacity(tracks.len());
     for (i, track) in tracks.into_iter().enumerate() {
         let Some(answer) = answers.remove(&i) else {
-            out.push((track, i, false));
+            out.push((track, i, false, None));
             continue;
         };
         let found = match answer {
@@ -96,7 +107,7 @@ pub async fn resolve(
             // row with the same reason, and the other tracks go on.
             Err(e) => {
                 tracing::info!(entry = i, error = %e, "a track link could not be resolved");
-                out.push((track, i, false));
+                out.push((track, i, false, None));
                 continue;
             }
         };
@@ -122,14 +133,14 @@ pub async fn resolve(
                         title: String::new(),
                         artist: String::new(),
                     };
-                    out.push((merge(&listed, &entry), i, true));
+                    out.push((merge(&listed, &entry), i, true, soundcloud_id(&entry)));
                 }
             }
             Found::Track(meta) => {
                 let mut merged = merge(&track, &meta);
                 // The client's link is kept (it passed validation); the set case has none.
                 merged.url = track.url;
-                out.push((merged, i, false));
+                out.push((merged, i, false, soundcloud_id(&meta)));
             }
         }
     }
@@ -149,7 +160,7 @@ pub async fn resolve(
         let urls: Vec<String> = missing.iter().map(|&n| out[n].0.url.clone()).collect();
         let answers = lookup.look_up(&urls).await.map_err(|e| unreadable(&e))?;
         for (n, answer) in missing.into_iter().zip(answers) {
-            let (track, from, _) = &out[n];
+            let (track, from, _, _) = &out[n];
             let meta = match answer {
                 Ok(Found::Track(meta)) => meta,
                 Ok(Found::Set(_)) => {
@@ -165,6 +176,9 @@ pub async fn resolve(
                 }
             };
             let mut merged = merge(track, &meta);
+            if let Some(id) = soundcloud_id(&meta) {
+                out[n].3 = Some(id);
+            }
             if let Some(url) = meta.url.filter(|u| check_url(u).is_ok()) {
                 merged.url = url;
             }
@@ -173,7 +187,7 @@ pub async fn resolve(
     }
 
     let mut resolved = Vec::with_capacity(out.len());
-    for (n, (mut track, from, _)) in out.into_iter().enumerate() {
+    for (n, (mut track, from, _, soundcloud)) in out.into_iter().enumerate() {
         if let Err(why) = check_url(&track.url) {
             return Err(format!(
                 "tracks[{from}]: SoundCloud gave a track address we do not fetch ({why})"
@@ -194,7 +208,7 @@ pub async fn resolve(
         if track.artist.is_empty() {
             track.artist = "Unknown Artist".into();
         }
-        resolved.push(track);
+        resolved.push((track, soundcloud));
     }
     Ok(resolved)
 }
@@ -251,6 +265,11 @@ fn is_numeric_id(id: &str) -> bool {
 }
 
 /// The entry's own fields win; SoundCloud fills in what is missing.
+/// SoundCloud's id in `meta`, when it is one (digits).
+fn soundcloud_id(meta: &Meta) -> Option<String> {
+    meta.id.clone().filter(|id| is_numeric_id(id))
+}
+
 fn merge(track: &Track, meta: &Meta) -> Track {
     let cap = |s: &str| s.trim().chars().take(MAX_TEXT_CHARS).collect::<String>();
     let pick = |own: &str, found: &Option<String>| {

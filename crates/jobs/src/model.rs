@@ -120,6 +120,11 @@ pub struct TrackSpec {
     pub url: String,
     pub title: String,
     pub artist: String,
+    /// The shared track cache's key when the server set it: `sc{SoundCloud's track id}` once
+    /// resolution read the track's metadata. `None` (every entry a client sends): the key of
+    /// the URL. Never from a request body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -372,6 +377,7 @@ mod tests {
             url: format!("https://soundcloud.com/a/t{n}"),
             title: format!("T{n}"),
             artist: "A".into(),
+            cache_key: None,
         }
     }
 

@@ -13,6 +13,9 @@ use tokio::io::AsyncRead;
 use super::{prefix_dir, unix_now, ObjectMeta, Part, PartWriter, Storage, StorageError, Upload};
 use crate::presign::LinkSigner;
 
+/// The first segment of the shared track cache's keys (`.cache/tracks/…`).
+const CACHE_DIR: &str = ".cache";
+
 /// Objects under a directory; links point at the dev server's `GET /files/{key}`.
 pub struct LocalStorage {
     root: PathBuf,
@@ -32,10 +35,14 @@ impl LocalStorage {
     /// The file behind a key; `None` for anything that could leave the root, and for any
     /// segment starting with '.': the adapter's own files (metadata sidecars, files being
     /// written) are named so, and no key can reach them.
+    /// The one exception is a first segment of exactly `.cache` (the shared track cache's
+    /// prefix, which no owner name can produce): no sidecar or temporary file is named so.
     pub fn path_of(&self, key: &str) -> Option<PathBuf> {
         let relative = Path::new(key);
-        let plain = relative.components().all(|c| match c {
-            Component::Normal(name) => !name.as_encoded_bytes().starts_with(b"."),
+        let plain = relative.components().enumerate().all(|(i, c)| match c {
+            Component::Normal(name) => {
+                !name.as_encoded_bytes().starts_with(b".") || (i == 0 && name == CACHE_DIR)
+            }
             _ => false,
         });
         (plain && !key.is_empty()).then(|| self.root.join(relative))
@@ -72,6 +79,21 @@ impl Storage for LocalStorage {
         let signature = self.signer.sign(key, expires);
         Ok(format!(
             "{}/files/{key}?expires={expires}&signature={signature}",
+            self.base_url
+        ))
+    }
+
+    async fn presign_named(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        name: &str,
+    ) -> Result<String, StorageError> {
+        let expires = unix_now() + expires_in.as_secs();
+        let signature = self.signer.sign_named(key, expires, Some(name));
+        let name: String = url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
+        Ok(format!(
+            "{}/files/{key}?expires={expires}&name={name}&signature={signature}",
             self.base_url
         ))
     }
@@ -294,6 +316,10 @@ mod tests {
     fn local_keys_cannot_escape() {
         let s = LocalStorage::new("/data", "http://x", LinkSigner::new(b"k"));
         assert_eq!(s.path_of("a/b.zip"), Some(PathBuf::from("/data/a/b.zip")));
+        assert_eq!(
+            s.path_of(".cache/tracks/u1.mp3"),
+            Some(PathBuf::from("/data/.cache/tracks/u1.mp3"))
+        );
         for bad in [
             "../x",
             "/etc/passwd",
@@ -302,6 +328,9 @@ mod tests {
             "./a",
             ".env",
             "a/.b.mp3.meta",
+            ".cache/tracks/.u1.mp3.meta",
+            "a/.cache/x.mp3",
+            ".cached/x",
         ] {
             assert_eq!(s.path_of(bad), None, "{bad}");
         }

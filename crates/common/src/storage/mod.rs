@@ -47,6 +47,14 @@ pub trait Storage: Send + Sync {
     async fn create_upload(&self, key: &str) -> Result<Box<dyn Upload>, StorageError>;
     /// A URL that GETs the object until `expires_in` has passed.
     async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<String, StorageError>;
+    /// As `presign_get`, the answer naming the file `name` ([`attachment_named`]) with the
+    /// key's content type (S3: the `response-content-disposition`/`-type` overrides).
+    async fn presign_named(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        name: &str,
+    ) -> Result<String, StorageError>;
     /// Stores the local file `path` whole as `key`, with `meta` as metadata; all or nothing.
     /// A file whose size or CRC-32 is not `meta`'s is refused and nothing is stored.
     async fn put_file(&self, key: &str, path: &Path, meta: ObjectMeta) -> Result<(), StorageError>;
@@ -118,7 +126,7 @@ pub trait Upload: Send + Sync {
     async fn abort(&self) -> Result<(), StorageError>;
 }
 
-fn content_type(key: &str) -> &'static str {
+pub fn content_type(key: &str) -> &'static str {
     if key.ends_with(".zip") {
         "application/zip"
     } else if key.ends_with(".mp3") {
@@ -135,6 +143,29 @@ pub fn content_disposition(key: &str) -> String {
         .filter(|c| c.is_ascii_graphic() && *c != '"' && *c != '\\')
         .collect();
     format!("attachment; filename=\"{safe}\"")
+}
+
+/// `attachment` naming the file `name` in any script: an ASCII `filename` for old clients and
+/// the exact name as RFC 5987 UTF-8 `filename*`.
+pub fn attachment_named(name: &str) -> String {
+    let ascii: String = name
+        .chars()
+        .map(|c| match c {
+            ' ' => ' ',
+            c if c.is_ascii_graphic() && c != '"' && c != '\\' => c,
+            _ => '_',
+        })
+        .collect();
+    let mut encoded = String::with_capacity(name.len() * 3);
+    for b in name.bytes() {
+        // RFC 5987 attr-char: these go as they are, every other byte percent-encoded.
+        if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}")
 }
 
 /// Buffers bytes into parts of `part_size` and uploads each full part in the background, up to
@@ -566,6 +597,15 @@ mod tests {
         let err = w.finish().await.unwrap_err();
         assert_eq!(err.to_string(), "storage: part refused");
         assert_eq!(*rec.ended.lock().unwrap(), ["abort"]);
+    }
+
+    #[test]
+    fn a_named_attachment_keeps_any_script() {
+        assert_eq!(
+            attachment_named("Björk - Jóga \"live\".mp3"),
+            "attachment; filename=\"Bj_rk - J_ga _live_.mp3\"; \
+             filename*=UTF-8''Bj%C3%B6rk%20-%20J%C3%B3ga%20%22live%22.mp3"
+        );
     }
 
     #[test]

@@ -12,7 +12,8 @@ use base64::Engine;
 use tokio::io::AsyncRead;
 
 use super::{
-    content_disposition, content_type, prefix_dir, ObjectMeta, Part, Storage, StorageError, Upload,
+    attachment_named, content_disposition, content_type, prefix_dir, ObjectMeta, Part, Storage,
+    StorageError, Upload,
 };
 
 /// The user metadata `put_file` writes (`x-amz-meta-size`, `x-amz-meta-crc32`).
@@ -70,6 +71,27 @@ impl Storage for S3Storage {
             .get_object()
             .bucket(&self.bucket)
             .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| StorageError::from_sdk("presign GetObject", e))?;
+        Ok(request.uri().to_owned())
+    }
+
+    async fn presign_named(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        name: &str,
+    ) -> Result<String, StorageError> {
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires_in)
+            .map_err(|e| StorageError(e.to_string()))?;
+        let request = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .response_content_disposition(attachment_named(name))
+            .response_content_type(content_type(key))
             .presigned(config)
             .await
             .map_err(|e| StorageError::from_sdk("presign GetObject", e))?;

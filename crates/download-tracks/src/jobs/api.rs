@@ -11,12 +11,14 @@ use serde_json::json;
 use xomcloud_common::response::Cors;
 use xomcloud_common::storage::{unix_now, Storage};
 use xomcloud_common::ApiError;
-use xomcloud_jobs::model::{is_job_id, new_job_id, Job, JobStatus, Outcome, TrackSpec};
+use xomcloud_jobs::model::{is_job_id, new_job_id, Job, JobStatus, Outcome, TrackSpec, TrackState};
 use xomcloud_jobs::queue::{JobMessage, JobQueue};
 use xomcloud_jobs::store::{Created, JobStore};
 
+use crate::jobs::cache::{cache_object, track_key};
 use crate::limits::{too_many_active, Limits};
-use crate::validate::parse_job_request;
+use crate::naming::assign_names;
+use crate::validate::{parse_job_request, Track};
 
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY: usize = 128;
@@ -58,6 +60,10 @@ struct TrackView<'a> {
     state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
+    /// A `done` track's own MP3 in the shared cache, presigned at each GET and named as its
+    /// zip entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<String>,
 }
 
 /// Where the path names a job: `Some(id)` for `/{id}`, `None` for the collection; `Err` for
@@ -272,10 +278,28 @@ impl JobsApi {
     }
 
     async fn view(&self, job: &Job) -> Result<serde_json::Value, ApiError> {
+        let specs: Vec<Track> = job.tracks.iter().map(|t| Track::from(&t.spec)).collect();
+        let names = assign_names(&specs);
+        let mut urls = Vec::with_capacity(job.tracks.len());
+        for (track, name) in job.tracks.iter().zip(&names) {
+            urls.push(match track.state {
+                TrackState::Done => {
+                    let object = cache_object(&track_key(&track.spec));
+                    let url = self
+                        .storage
+                        .presign_named(&object, self.presign_expiry, name)
+                        .await
+                        .map_err(ApiError::internal)?;
+                    Some(url)
+                }
+                _ => None,
+            });
+        }
         let tracks: Vec<TrackView> = job
             .tracks
             .iter()
-            .map(|t| TrackView {
+            .zip(urls)
+            .map(|(t, url)| TrackView {
                 id: &t.spec.id,
                 title: &t.spec.title,
                 artist: &t.spec.artist,
@@ -286,6 +310,7 @@ impl JobsApi {
                     state => state.as_str(),
                 },
                 error: t.error.as_deref(),
+                url,
             })
             .collect();
         let mut data = json!({

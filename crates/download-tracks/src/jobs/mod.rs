@@ -2,6 +2,7 @@
 //! (`worker`). The store and the queue are ports of `xomcloud-jobs`.
 
 pub mod api;
+pub mod cache;
 pub mod runner;
 pub mod worker;
 
@@ -20,6 +21,7 @@ impl From<Track> for TrackSpec {
             url: t.url,
             title: t.title,
             artist: t.artist,
+            cache_key: None,
         }
     }
 }

@@ -1,9 +1,11 @@
 //! Runs one download job: resolves its links first (a set becomes its tracks, a bare link gets its
-//! title and artist: `resolve.rs`), then fetches its unsettled tracks (`concurrency` at a time), stores each
-//! finished MP3 as its own object with its size and CRC-32, records every track's state as it
-//! changes, then streams the stored objects in request order into the STORED zip and marks the
-//! job done. Safe to run again on the same job (a redelivered message, a restart): stored tracks
-//! are skipped and a finished job is left alone.
+//! title and artist: `resolve.rs`), then settles its unsettled tracks (`concurrency` at a time):
+//! a track already in the shared cache (`cache.rs`) is taken as it is, another is fetched under a
+//! lease on its cache key (or waited for, when another job holds the lease) and stored there with
+//! its size and CRC-32. Every track's state is recorded as it changes; then the cached objects
+//! are streamed in request order into the STORED zip and the job is marked done. Safe to run
+//! again on the same job (a redelivered message, a restart): settled tracks are skipped and a
+//! finished job is left alone.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,23 +15,21 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use xomcloud_common::storage::{ObjectMeta, PartWriter, Storage, StorageError, MIN_PART_SIZE};
-use xomcloud_jobs::model::{Job, JobStatus, Outcome, TrackSpec, TrackState, TrackUpdate};
+use xomcloud_jobs::model::{unix_now, Job, JobStatus, Outcome, TrackSpec, TrackState, TrackUpdate};
 use xomcloud_jobs::store::{JobStore, StoreError};
 
+use crate::jobs::cache::{cache_object, soundcloud_key, track_key};
 use crate::naming::assign_names;
 use crate::pipeline::object_key;
-use crate::resolve::{resolve, Lookup};
+use crate::resolve::{resolve_keyed, Lookup};
 use crate::scdl::{FetchError, TrackFetcher};
 use crate::validate::Track;
 use crate::zip_stream::{Checked, ZipStream};
 
-/// Where a job keeps its finished tracks until the zip is written.
+/// Where a job kept its finished tracks before the shared cache (what a job of an older build
+/// left there is removed with the job).
 pub fn track_prefix(job_id: &str) -> String {
     format!("jobs/{job_id}/")
-}
-
-fn track_key(job_id: &str, index: usize) -> String {
-    format!("{}{index:05}.mp3", track_prefix(job_id))
 }
 
 /// A run's temp dir, named after the job: a run after a crash removes what the crashed one
@@ -161,14 +161,17 @@ impl JobRunner {
         let temp = JobTemp::create(self.temp_root.join(format!("xomcloud-job-{job_id}")))
             .map_err(|e| RunError::Other(format!("temp dir: {e}")))?;
         let mut tasks = JoinSet::new();
+        let leases = Leases::default();
         let fetched = tokio::select! {
-            result = self.fetch_all(&job, fetcher, temp.path().to_owned(), deadline, &mut tasks) => Some(result),
+            result = self.fetch_all(&job, fetcher, temp.path().to_owned(), deadline, &leases, &mut tasks) => Some(result),
             () = self.cancelled(job_id) => None,
         };
         // Whatever still runs is stopped and reaped (its process group killed) before the temp
-        // dir goes.
+        // dir goes; the cache leases its tracks held are given back, so another job waiting for
+        // one of them takes it over at once rather than when the lease runs out.
         tasks.shutdown().await;
         drop(temp);
+        self.release_all(&leases).await;
         match fetched {
             None => return self.cancel_cleanup(job_id).await,
             Some(Err(e)) => return Err(e),
@@ -194,11 +197,18 @@ impl JobRunner {
             return Ok(Ok(job));
         }
         let resolved = tokio::select! {
-            resolved = resolve(tracks, self.max_tracks, lookup) => resolved,
+            resolved = resolve_keyed(tracks, self.max_tracks, lookup) => resolved,
             () = self.cancelled(&job.id) => return self.cancel_cleanup(&job.id).await.map(Err),
         };
         let specs: Vec<TrackSpec> = match resolved {
-            Ok(tracks) => tracks.into_iter().map(TrackSpec::from).collect(),
+            // A track whose metadata SoundCloud gave is cached under SoundCloud's id of it.
+            Ok(tracks) => tracks
+                .into_iter()
+                .map(|(track, id)| TrackSpec {
+                    cache_key: id.as_deref().and_then(soundcloud_key),
+                    ..TrackSpec::from(track)
+                })
+                .collect(),
             Err(reason) => {
                 tracing::info!(job = %job.id, reason = %reason, "the job's links cannot be resolved");
                 self.fail(&job.id, &reason).await?;
@@ -256,6 +266,7 @@ impl JobRunner {
         fetcher: Arc<dyn TrackFetcher>,
         temp: PathBuf,
         deadline: Option<Instant>,
+        leases: &Leases,
         tasks: &mut JoinSet<Result<(), RunError>>,
     ) -> Result<bool, RunError> {
         let slots = Arc::new(Semaphore::new(self.concurrency));
@@ -279,15 +290,21 @@ impl JobRunner {
                 complete = false;
                 break;
             }
+            let spec = &job.tracks[index].spec;
             let work = TrackWork {
                 store: self.store.clone(),
                 storage: self.storage.clone(),
                 fetcher: fetcher.clone(),
                 job_id: job.id.clone(),
                 index,
-                url: job.tracks[index].spec.url.clone(),
+                key: track_key(spec),
+                url: spec.url.clone(),
                 dir: temp.join(index.to_string()),
                 retry_pause: self.retry_pause,
+                // The fetch, its retry and the store, with room to spare.
+                lease: self.track_timeout * 2 + self.retry_pause + Duration::from_secs(60),
+                poll_interval: self.poll_interval,
+                leases: leases.clone(),
             };
             tasks.spawn(async move {
                 let result = work.run().await;
@@ -303,6 +320,16 @@ impl JobRunner {
             joined.map_err(|e| RunError::Other(format!("track task: {e}")))??;
         }
         Ok(complete)
+    }
+
+    /// Gives back the leases of tracks that were stopped while holding one.
+    async fn release_all(&self, leases: &Leases) {
+        let held: Vec<(String, String)> = leases.0.lock().expect("leases lock").drain().collect();
+        for (key, holder) in held {
+            if let Err(e) = self.store.release_lease(&key, &holder).await {
+                tracing::warn!(error = %e, "cannot release a track lease (it expires)");
+            }
+        }
     }
 
     /// Every track is settled: the zip of the stored ones in request order, or `failed` when
@@ -385,16 +412,32 @@ impl JobRunner {
             };
             sink.write(&zip.begin_entry(&names[index], size, crc))
                 .await?;
-            self.storage
-                .copy_into(&track_key(&job.id, index), sink, size)
-                .await?;
+            let object = cache_object(&track_key(&track.spec));
+            self.storage.copy_into(&object, sink, size).await?;
         }
         sink.write(&zip.finish()).await?;
         Ok(())
     }
 }
 
-/// One track of a job: fetch (one retry for a passing failure), store, record.
+/// The cache leases a run's tracks hold (key, holder), so a run that stops them gives them back.
+#[derive(Clone, Default)]
+struct Leases(Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>);
+
+impl Leases {
+    fn held(&self, key: &str, holder: &str, now: bool) {
+        let mut held = self.0.lock().expect("leases lock");
+        let entry = (key.to_owned(), holder.to_owned());
+        if now {
+            held.insert(entry);
+        } else {
+            held.remove(&entry);
+        }
+    }
+}
+
+/// One track of a job: from the cache, or fetched (one retry for a passing failure) under the
+/// cache key's lease and stored in the cache; recorded.
 struct TrackWork {
     store: Arc<dyn JobStore>,
     storage: Arc<dyn Storage>,
@@ -402,8 +445,15 @@ struct TrackWork {
     job_id: String,
     index: usize,
     url: String,
+    /// The track's cache key (`cache.rs`): SoundCloud's id or its URL's, never the client's id.
+    key: String,
     dir: PathBuf,
     retry_pause: Duration,
+    /// How long the lease on `key` is taken for.
+    lease: Duration,
+    /// How often a track another job is fetching is looked for in the cache.
+    poll_interval: Duration,
+    leases: Leases,
 }
 
 impl TrackWork {
@@ -414,7 +464,60 @@ impl TrackWork {
         Ok(())
     }
 
+    fn done(meta: ObjectMeta, attempts: u32) -> TrackUpdate {
+        TrackUpdate {
+            state: TrackState::Done,
+            error: None,
+            size: Some(meta.size),
+            crc32: Some(meta.crc32),
+            attempts,
+        }
+    }
+
+    /// Cached: taken at once. Else fetched under the key's lease; while another job holds it,
+    /// the cache is looked at every `poll_interval` until the track is there (it fetched it), or
+    /// the lease is free (it failed, or died and the lease expired): then this job fetches it.
     async fn run(self) -> Result<(), RunError> {
+        let object = cache_object(&self.key);
+        let holder = format!("{}/{}", self.job_id, self.index);
+        let mut waiting = false;
+        loop {
+            if let Some(meta) = self.storage.head(&object).await? {
+                tracing::info!(job = %self.job_id, track = self.index, "track from the cache");
+                return self.record(Self::done(meta, 0)).await;
+            }
+            let until = unix_now() + self.lease.as_secs();
+            if self.store.take_lease(&self.key, &holder, until).await? {
+                self.leases.held(&self.key, &holder, true);
+                // It may have been stored between the look and the lease.
+                let result = match self.storage.head(&object).await {
+                    Ok(Some(meta)) => self.record(Self::done(meta, 0)).await,
+                    Ok(None) => self.fetch(&object).await,
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = self.store.release_lease(&self.key, &holder).await {
+                    tracing::warn!(error = %e, "cannot release a track lease (it expires)");
+                }
+                self.leases.held(&self.key, &holder, false);
+                return result;
+            }
+            if !waiting {
+                waiting = true;
+                tracing::info!(job = %self.job_id, track = self.index, "another job is fetching the track: waiting");
+                self.record(TrackUpdate {
+                    state: TrackState::Downloading,
+                    error: None,
+                    size: None,
+                    crc32: None,
+                    attempts: 0,
+                })
+                .await?;
+            }
+            tokio::time::sleep(self.poll_interval).await;
+        }
+    }
+
+    async fn fetch(&self, object: &str) -> Result<(), RunError> {
         let mut attempts = 0;
         let result = loop {
             attempts += 1;
@@ -436,14 +539,8 @@ impl TrackWork {
             }
         };
         let update = match result {
-            Ok(path) => match self.store_file(path).await {
-                Ok(meta) => TrackUpdate {
-                    state: TrackState::Done,
-                    error: None,
-                    size: Some(meta.size),
-                    crc32: Some(meta.crc32),
-                    attempts,
-                },
+            Ok(path) => match self.store_file(path, object).await {
+                Ok(meta) => Self::done(meta, attempts),
                 Err(StoreFileError::Read(e)) => {
                     tracing::warn!(job = %self.job_id, track = self.index, error = %e, "cannot read the fetched file");
                     TrackUpdate {
@@ -476,7 +573,8 @@ impl TrackWork {
         self.record(update).await
     }
 
-    async fn store_file(&self, path: PathBuf) -> Result<ObjectMeta, StoreFileError> {
+    /// Into the cache, whole or not at all (`put_file`).
+    async fn store_file(&self, path: PathBuf, object: &str) -> Result<ObjectMeta, StoreFileError> {
         let checked = Checked::file(path.clone())
             .await
             .map_err(StoreFileError::Read)?;
@@ -486,7 +584,7 @@ impl TrackWork {
         };
         drop(checked);
         self.storage
-            .put_file(&track_key(&self.job_id, self.index), &path, meta)
+            .put_file(object, &path, meta)
             .await
             .map_err(StoreFileError::Storage)?;
         Ok(meta)

@@ -6,6 +6,7 @@
 //! | track | `job#{id}`          | `track#{i:05}` | the `TrackRecord` fields, expires_at |
 //! | claim | `idem#{sha256 hex}` | `idem`         | job_id, expires_at |
 //! | slots | `caller#{hash}`     | `active`       | active (count), expires_at |
+//! | lease | `lease#{cache key}` | `lease`        | holder, expires_at (the shared track cache) |
 //!
 //! A job whose caller is counted (`with_active_limit`) takes a slot with one conditional
 //! `UpdateItem` (`active < limit`) before it is written, and gives it back (`active > 0`) after
@@ -37,6 +38,7 @@ type Item = HashMap<String, AttributeValue>;
 const JOB_SK: &str = "job";
 const IDEM_SK: &str = "idem";
 const SLOTS_SK: &str = "active";
+const LEASE_SK: &str = "lease";
 const TRACK_SK_PREFIX: &str = "track#";
 /// The sort key's `{index:05}` keeps tracks in order up to this many.
 const MAX_TRACKS: usize = 100_000;
@@ -686,6 +688,58 @@ impl JobStore for DynamoStore {
         tokio::try_join!(track, self.touch(id, unix_now()))?;
         Ok(())
     }
+
+    async fn take_lease(&self, key: &str, holder: &str, until: u64) -> Result<bool, StoreError> {
+        let item: Item = [
+            ("pk", AttributeValue::S(lease_pk(key))),
+            ("sk", AttributeValue::S(LEASE_SK.into())),
+            ("holder", AttributeValue::S(holder.into())),
+            ("expires_at", number(until)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            // TTL deletes expired items lazily: an expired lease is free.
+            .condition_expression(
+                "attribute_not_exists(pk) OR expires_at <= :now OR holder = :holder",
+            )
+            .expression_attribute_values(":now", number(unix_now()))
+            .expression_attribute_values(":holder", AttributeValue::S(holder.into()))
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure_put(&e) => Ok(false),
+            Err(e) => Err(sdk_error("PutItem (lease)", e)),
+        }
+    }
+
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        let deleted = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(&lease_pk(key), LEASE_SK)))
+            .condition_expression("holder = :holder")
+            .expression_attribute_values(":holder", AttributeValue::S(holder.into()))
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(sdk_error("DeleteItem (lease)", e)),
+        }
+    }
 }
 
 /// Creates the jobs table (PAY_PER_REQUEST, `pk`/`sk`, TTL on `expires_at`) and waits until it
@@ -822,6 +876,11 @@ fn job_pk(id: &str) -> String {
     format!("job#{id}")
 }
 
+/// Cache keys are `[0-9a-z]`: no job id (`job#`), claim or caller key can be this.
+fn lease_pk(key: &str) -> String {
+    format!("lease#{key}")
+}
+
 fn track_sk(index: usize) -> String {
     format!("{TRACK_SK_PREFIX}{index:05}")
 }
@@ -911,6 +970,7 @@ mod tests {
                 url: "https://soundcloud.com/a/b".into(),
                 title: "Ti\"tle".into(),
                 artist: "Ar".into(),
+                cache_key: None,
             },
             state: TrackState::Done,
             error: None,

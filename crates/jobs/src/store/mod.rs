@@ -69,6 +69,15 @@ pub trait JobStore: Send + Sync {
         index: usize,
         update: &TrackUpdate,
     ) -> Result<(), StoreError>;
+
+    /// Takes the lease on a shared track cache key for `holder` until `until` (unix seconds):
+    /// one conditional write, true when it was free, expired, or already `holder`'s. Two jobs
+    /// asking for the same uncached track so fetch it once; a holder that dies loses it when
+    /// it expires.
+    async fn take_lease(&self, key: &str, holder: &str, until: u64) -> Result<bool, StoreError>;
+
+    /// Gives the lease back if `holder` still has it (else nothing happens).
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError>;
 }
 
 /// Refuses a transition the model forbids, so no adapter can persist one.

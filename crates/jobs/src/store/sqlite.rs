@@ -13,7 +13,7 @@ use crate::model::{
     unix_now, Job, JobStatus, Outcome, TrackRecord, TrackSpec, TrackState, TrackUpdate,
 };
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE jobs (
@@ -45,6 +45,7 @@ CREATE TABLE tracks (
     size     INTEGER,
     crc32    INTEGER,
     attempts INTEGER NOT NULL,
+    cache_key TEXT,
     PRIMARY KEY (job_id, idx)
 ) WITHOUT ROWID;
 ";
@@ -53,6 +54,21 @@ CREATE TABLE tracks (
 const MIGRATE_1_TO_2: &str = "
 ALTER TABLE jobs ADD COLUMN caller TEXT;
 CREATE INDEX jobs_caller_status ON jobs (caller, status);
+";
+
+/// Version 2 → 3: a track's key in the shared track cache, when resolution set it.
+const MIGRATE_2_TO_3: &str = "
+ALTER TABLE tracks ADD COLUMN cache_key TEXT;
+";
+
+/// The shared track cache's leases (`JobStore::take_lease`); made when missing, whatever the
+/// schema version, as it holds nothing that outlives a few minutes.
+const LEASES: &str = "
+CREATE TABLE IF NOT EXISTS leases (
+    key        TEXT PRIMARY KEY NOT NULL,
+    holder     TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
 
 /// Jobs in SQLite. rusqlite is blocking, so every call runs on tokio's blocking pool, one at a
@@ -111,8 +127,12 @@ impl SqliteStore {
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(sql("user_version"))?;
             }
-            1 => {
-                tx.execute_batch(MIGRATE_1_TO_2)
+            1 | 2 => {
+                if version == 1 {
+                    tx.execute_batch(MIGRATE_1_TO_2)
+                        .map_err(sql("migrate schema"))?;
+                }
+                tx.execute_batch(MIGRATE_2_TO_3)
                     .map_err(sql("migrate schema"))?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)
                     .map_err(sql("user_version"))?;
@@ -124,6 +144,7 @@ impl SqliteStore {
                 )))
             }
         }
+        tx.execute_batch(LEASES).map_err(sql("create leases"))?;
         tx.commit().map_err(sql("commit schema"))?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
@@ -275,7 +296,7 @@ impl JobStore for SqliteStore {
                 let mut insert = tx
                     .prepare_cached(
                         "INSERT INTO tracks (job_id, idx, track_id, url, title, artist, state, \
-                         attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0)",
+                         attempts, cache_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, ?8)",
                     )
                     .map_err(sql("insert track"))?;
                 for (index, spec) in specs.iter().enumerate() {
@@ -287,7 +308,8 @@ impl JobStore for SqliteStore {
                             spec.url,
                             spec.title,
                             spec.artist,
-                            TrackState::Queued.as_str()
+                            TrackState::Queued.as_str(),
+                            spec.cache_key
                         ])
                         .map_err(sql("insert track"))?;
                 }
@@ -335,6 +357,36 @@ impl JobStore for SqliteStore {
             )
             .map_err(sql("update job time"))?;
             tx.commit().map_err(sql("commit"))
+        })
+        .await
+    }
+
+    async fn take_lease(&self, key: &str, holder: &str, until: u64) -> Result<bool, StoreError> {
+        let (key, holder) = (key.to_owned(), holder.to_owned());
+        let (until, now) = (to_i64(until)?, to_i64(unix_now())?);
+        self.with_conn(move |conn| {
+            let changed = conn
+                .execute(
+                    "INSERT INTO leases (key, holder, expires_at) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (key) DO UPDATE SET holder = ?2, expires_at = ?3 \
+                     WHERE leases.expires_at <= ?4 OR leases.holder = ?2",
+                    params![key, holder, until, now],
+                )
+                .map_err(sql("take lease"))?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError> {
+        let (key, holder) = (key.to_owned(), holder.to_owned());
+        self.with_conn(move |conn| {
+            conn.execute(
+                "DELETE FROM leases WHERE key = ?1 AND holder = ?2",
+                params![key, holder],
+            )
+            .map_err(sql("release lease"))?;
+            Ok(())
         })
         .await
     }
@@ -414,7 +466,8 @@ fn create(
         let mut insert = tx
             .prepare_cached(
                 "INSERT INTO tracks (job_id, idx, track_id, url, title, artist, state, error, \
-                 size, crc32, attempts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 size, crc32, attempts, cache_key) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
             .map_err(sql("insert track"))?;
         for (index, track) in job.tracks.iter().enumerate() {
@@ -430,7 +483,8 @@ fn create(
                     track.error,
                     track.size.map(to_i64).transpose()?,
                     track.crc32,
-                    track.attempts
+                    track.attempts,
+                    track.spec.cache_key
                 ])
                 .map_err(sql("insert track"))?;
         }
@@ -468,7 +522,7 @@ fn get(conn: &mut Connection, id: &str) -> Result<Option<Job>, StoreError> {
     };
     let mut stmt = tx
         .prepare_cached(
-            "SELECT track_id, url, title, artist, state, error, size, crc32, attempts \
+            "SELECT track_id, url, title, artist, state, error, size, crc32, attempts, cache_key \
              FROM tracks WHERE job_id = ?1 ORDER BY idx",
         )
         .map_err(sql("get tracks"))?;
@@ -480,6 +534,7 @@ fn get(conn: &mut Connection, id: &str) -> Result<Option<Job>, StoreError> {
                     url: row.get(1)?,
                     title: row.get(2)?,
                     artist: row.get(3)?,
+                    cache_key: row.get(9)?,
                 },
                 row.get::<_, String>(4)?,
                 row.get::<_, Option<String>>(5)?,
@@ -545,6 +600,7 @@ mod tests {
                 url: format!("https://soundcloud.com/artist/track-{i}"),
                 title: format!("Title {i} — ünïcode"),
                 artist: format!("Artist {i}"),
+                cache_key: None,
             })
             .collect()
     }
@@ -813,16 +869,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_version_1_file_gains_the_caller_column_and_keeps_its_jobs() {
+    async fn a_version_1_file_gains_the_new_columns_and_keeps_its_jobs() {
         let (_dir, path, store) = temp_store();
         let old = job("alice", 2, 100);
         store.create(&old, None).await.unwrap();
         drop(store);
-        // Back to version 1: the same tables without `caller`.
+        // Back to version 1: the same tables without `caller` (2) and `cache_key` (3).
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(
             "DROP INDEX jobs_caller_status; ALTER TABLE jobs DROP COLUMN caller; \
-             PRAGMA user_version = 1;",
+             ALTER TABLE tracks DROP COLUMN cache_key; PRAGMA user_version = 1;",
         )
         .unwrap();
         drop(conn);
@@ -832,6 +888,10 @@ mod tests {
         let counted = job("alice", 1, 200).with_caller("c");
         assert_eq!(store.create(&counted, None).await.unwrap(), Created::New);
         assert_eq!(store.get(&counted.id).await.unwrap(), Some(counted));
+        let mut keyed = job("alice", 1, 300);
+        keyed.tracks[0].spec.cache_key = Some("sc42".into());
+        store.create(&keyed, None).await.unwrap();
+        assert_eq!(store.get(&keyed.id).await.unwrap(), Some(keyed));
         let second = job("alice", 1, 201).with_caller("c");
         assert_eq!(
             store.create(&second, None).await.unwrap(),
