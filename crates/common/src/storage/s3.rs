@@ -36,6 +36,28 @@ impl S3Storage {
             bucket: bucket.into(),
         }
     }
+
+    /// A presigned GetObject; with `name`, the answer is an attachment of that name.
+    async fn presign(
+        &self,
+        key: &str,
+        expires_in: Duration,
+        name: Option<&str>,
+    ) -> Result<String, StorageError> {
+        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires_in)
+            .map_err(|e| StorageError(e.to_string()))?;
+        let mut request = self.client.get_object().bucket(&self.bucket).key(key);
+        if let Some(name) = name {
+            request = request
+                .response_content_disposition(attachment_named(name))
+                .response_content_type(content_type(key));
+        }
+        let request = request
+            .presigned(config)
+            .await
+            .map_err(|e| StorageError::from_sdk("presign GetObject", e))?;
+        Ok(request.uri().to_owned())
+    }
 }
 
 #[async_trait]
@@ -64,17 +86,7 @@ impl Storage for S3Storage {
     }
 
     async fn presign_get(&self, key: &str, expires_in: Duration) -> Result<String, StorageError> {
-        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires_in)
-            .map_err(|e| StorageError(e.to_string()))?;
-        let request = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .presigned(config)
-            .await
-            .map_err(|e| StorageError::from_sdk("presign GetObject", e))?;
-        Ok(request.uri().to_owned())
+        self.presign(key, expires_in, None).await
     }
 
     async fn presign_named(
@@ -83,19 +95,7 @@ impl Storage for S3Storage {
         expires_in: Duration,
         name: &str,
     ) -> Result<String, StorageError> {
-        let config = aws_sdk_s3::presigning::PresigningConfig::expires_in(expires_in)
-            .map_err(|e| StorageError(e.to_string()))?;
-        let request = self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .response_content_disposition(attachment_named(name))
-            .response_content_type(content_type(key))
-            .presigned(config)
-            .await
-            .map_err(|e| StorageError::from_sdk("presign GetObject", e))?;
-        Ok(request.uri().to_owned())
+        self.presign(key, expires_in, Some(name)).await
     }
 
     async fn put_file(&self, key: &str, path: &Path, meta: ObjectMeta) -> Result<(), StorageError> {
