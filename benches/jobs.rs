@@ -18,6 +18,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use support::bench::verdict;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -38,14 +40,6 @@ const P99_TARGET: Duration = Duration::from_millis(50);
 const FLAT_TARGET: f64 = 1.25;
 /// How often the process tree's memory is sampled.
 const TREE_EVERY: Duration = Duration::from_millis(10);
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "PASS"
-    } else {
-        "FAIL"
-    }
-}
 
 /// "X MB (tree Y MB)": the process's VmHWM and its process tree's sampled peak, or why /proc
 /// could not tell.

@@ -16,6 +16,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use support::bench::verdict;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -40,14 +42,6 @@ const RSS_TARGET: u64 = 64 * MB;
 const FLAT_TARGET: f64 = 1.25;
 /// How often the process tree's memory is sampled.
 const TREE_EVERY: Duration = Duration::from_millis(10);
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "PASS"
-    } else {
-        "FAIL"
-    }
-}
 
 /// Every verdict goes through here, so that any FAIL sets the exit code.
 struct Verdicts {

@@ -10,6 +10,8 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use support::bench::verdict;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -30,14 +32,6 @@ const TRACK_SECONDS: u32 = 180;
 /// SoundCloud's HLS segments are about 10 s long.
 const SEGMENTS: usize = 18;
 const RUNS: usize = 3;
-
-fn verdict(ok: bool) -> &'static str {
-    if ok {
-        "PASS"
-    } else {
-        "FAIL"
-    }
-}
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / MB as f64

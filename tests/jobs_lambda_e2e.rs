@@ -362,12 +362,6 @@ fn track(i: usize, slug: &str) -> Value {
            "title": format!("Song {i}"), "artist": "Stub"})
 }
 
-async fn fetch_zip(url: &str) -> Vec<(String, Vec<u8>)> {
-    let response = reqwest::get(url).await.unwrap();
-    assert_eq!(response.status(), 200, "{url}");
-    support::zips::entries(&response.bytes().await.unwrap())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_job_runs_with_progress_and_zips_exactly_its_successful_tracks() {
     let h = Harness::start(&[]).await;
@@ -460,7 +454,7 @@ async fn a_job_runs_with_progress_and_zips_exactly_its_successful_tracks() {
     );
     assert_eq!(d["tracks"][9]["error"], "Not available in your country");
     assert!(d["tracks"][0].get("error").is_none());
-    let entries = fetch_zip(d["download_url"].as_str().unwrap()).await;
+    let entries = support::zips::entries_at(d["download_url"].as_str().unwrap()).await;
     let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
     let expected: Vec<String> = (0..12)
         .filter(|i| *i != 4 && *i != 9)
@@ -593,7 +587,7 @@ async fn a_killed_worker_and_a_redelivered_message_make_one_correct_zip() {
         "{body}\n{}",
         h.worker_logs()
     );
-    let entries = fetch_zip(body["data"]["download_url"].as_str().unwrap()).await;
+    let entries = support::zips::entries_at(body["data"]["download_url"].as_str().unwrap()).await;
     let names: Vec<String> = entries.into_iter().map(|(n, _)| n).collect();
     let expected: Vec<String> = (0..12).map(|i| format!("Stub - Song {i}.mp3")).collect();
     assert_eq!(names, expected);
@@ -637,7 +631,7 @@ async fn a_worker_short_of_time_hands_the_job_back_and_it_completes() {
     assert!(h.worker_logs().contains("handing the job back"));
     let (_, body) = h.get(&id, ALICE).await;
     assert_eq!(body["data"]["status"], "done", "{body}");
-    let entries = fetch_zip(body["data"]["download_url"].as_str().unwrap()).await;
+    let entries = support::zips::entries_at(body["data"]["download_url"].as_str().unwrap()).await;
     assert_eq!(entries.len(), 12);
     assert_eq!(h.scdl_runs().len(), 12, "every track fetched exactly once");
 }
@@ -1062,7 +1056,7 @@ async fn a_set_link_expands_in_the_worker_into_its_tracks_in_order() {
         .map(|t| t["title"].as_str().unwrap())
         .collect();
     assert_eq!(got, titles);
-    let entries = fetch_zip(d["download_url"].as_str().unwrap()).await;
+    let entries = support::zips::entries_at(d["download_url"].as_str().unwrap()).await;
     let names: Vec<&str> = entries.iter().map(|(n, _)| n.as_str()).collect();
     let expected: Vec<String> = titles
         .iter()
@@ -1130,7 +1124,7 @@ async fn the_shared_track_cache_serves_repeats_once_and_keeps_tracks_apart() {
         .await;
     assert_eq!(h.drain(WORKER_TIME).await, 1);
     let d = done_job(first).await;
-    let zip_a = fetch_zip(d["download_url"].as_str().unwrap()).await;
+    let zip_a = support::zips::entries_at(d["download_url"].as_str().unwrap()).await;
     let mut want: Vec<String> = ["bench-0", "bench-1"]
         .iter()
         .map(|s| cache_object(&cache_key(&url(s))))
@@ -1168,7 +1162,7 @@ async fn the_shared_track_cache_serves_repeats_once_and_keeps_tracks_apart() {
     let second = h.create(&[renamed(1), renamed(0), track(3, "bench")]).await;
     assert_eq!(h.drain(WORKER_TIME).await, 1);
     let d = done_job(second).await;
-    let zip_b = fetch_zip(d["download_url"].as_str().unwrap()).await;
+    let zip_b = support::zips::entries_at(d["download_url"].as_str().unwrap()).await;
     let names: Vec<&str> = zip_b.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -1197,7 +1191,7 @@ async fn the_shared_track_cache_serves_repeats_once_and_keeps_tracks_apart() {
     let fourth = h.create(&[forged]).await;
     assert_eq!(h.drain(WORKER_TIME).await, 1);
     let d = done_job(fourth).await;
-    let zip_d = fetch_zip(d["download_url"].as_str().unwrap()).await;
+    let zip_d = support::zips::entries_at(d["download_url"].as_str().unwrap()).await;
     assert_eq!(
         runs_of("bench-7"),
         1,
@@ -1240,8 +1234,10 @@ async fn the_shared_track_cache_serves_repeats_once_and_keeps_tracks_apart() {
             second_worker.logs()
         );
     }
-    let zip_e = fetch_zip(done_job(shared).await["download_url"].as_str().unwrap()).await;
-    let zip_f = fetch_zip(done_job(also).await["download_url"].as_str().unwrap()).await;
+    let zip_e =
+        support::zips::entries_at(done_job(shared).await["download_url"].as_str().unwrap()).await;
+    let zip_f =
+        support::zips::entries_at(done_job(also).await["download_url"].as_str().unwrap()).await;
     assert_eq!(runs_of("bench-9"), 1, "one fetch for both jobs");
     assert_eq!(zip_e[0].1, zip_f[0].1);
     // Cleanup removed no cached track; nothing is left per job or in the temp dir.

@@ -401,12 +401,6 @@ async fn twenty_concurrent_jobs_from_one_caller_leave_three_active() {
     }
 }
 
-async fn zip_at(url: &str) -> Vec<(String, Vec<u8>)> {
-    let response = reqwest::get(url).await.unwrap();
-    assert_eq!(response.status(), 200, "{url}");
-    support::zips::entries(&response.bytes().await.unwrap())
-}
-
 /// The shared track cache in `serve`: under `$XOMCLOUD_DATA_DIR/.cache/tracks/`, keyed by the
 /// track's URL (never the client's id); repeats and concurrent asks fetch once, a failure is
 /// not cached, and a done track's own link serves its MP3 under its zip entry's name.
@@ -451,7 +445,7 @@ async fn the_shared_track_cache_serves_repeats_once_and_names_each_track() {
     let unicode =
         json!({"id": "t0", "url": url("bench-0"), "title": "Ünïcode 0", "artist": "Stub"});
     let first = run(vec![unicode, track(1, "bench"), track(2, "notfound")]).await;
-    let zip_a = zip_at(first["download_url"].as_str().unwrap()).await;
+    let zip_a = support::zips::entries_at(first["download_url"].as_str().unwrap()).await;
     assert!(in_cache("bench-0").is_file() && in_cache("bench-1").is_file());
     assert!(
         !in_cache("notfound-2").exists(),
@@ -486,7 +480,7 @@ async fn the_shared_track_cache_serves_repeats_once_and_names_each_track() {
                "title": format!("Other {i}"), "artist": "Else"})
     };
     let second = run(vec![other(1), other(0), track(3, "bench")]).await;
-    let zip_b = zip_at(second["download_url"].as_str().unwrap()).await;
+    let zip_b = support::zips::entries_at(second["download_url"].as_str().unwrap()).await;
     let names: Vec<&str> = zip_b.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -517,7 +511,7 @@ async fn the_shared_track_cache_serves_repeats_once_and_names_each_track() {
     // A forged id (track 0's, on another URL) reaches nothing of track 0's.
     let forged = json!({"id": "t0", "url": url("bench-7"), "title": "Song 0", "artist": "Stub"});
     let fourth = run(vec![forged]).await;
-    let zip_d = zip_at(fourth["download_url"].as_str().unwrap()).await;
+    let zip_d = support::zips::entries_at(fourth["download_url"].as_str().unwrap()).await;
     assert_eq!(runs_of("bench-7"), 1);
     assert_ne!(zip_d[0].1, zip_a[0].1, "its own audio");
 
@@ -526,8 +520,8 @@ async fn the_shared_track_cache_serves_repeats_once_and_names_each_track() {
         run(vec![track(9, "bench")]),
         run(vec![track(8, "bench"), track(9, "bench")])
     );
-    let zip_e = zip_at(e["download_url"].as_str().unwrap()).await;
-    let zip_f = zip_at(f["download_url"].as_str().unwrap()).await;
+    let zip_e = support::zips::entries_at(e["download_url"].as_str().unwrap()).await;
+    let zip_f = support::zips::entries_at(f["download_url"].as_str().unwrap()).await;
     assert_eq!(runs_of("bench-9"), 1, "one fetch for both jobs");
     assert_eq!(zip_e[0].1, zip_f[1].1);
 

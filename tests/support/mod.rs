@@ -2,6 +2,7 @@
 //! Shared helpers of the end-to-end tests: the compiled Lambda binaries, a Lambda Runtime API
 //! to drive them, and the test tools (moto) they talk to.
 
+pub mod bench;
 pub mod bins;
 pub mod logs;
 pub mod media;

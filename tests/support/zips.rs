@@ -15,11 +15,18 @@ pub fn entries(bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-/// The entry names of the zip a link serves (fetched as a browser would; 200 expected).
-pub async fn names_at(url: &str) -> Vec<String> {
+/// `(name, bytes)` of every entry of the zip a link serves (fetched as a browser would; 200
+/// expected).
+pub async fn entries_at(url: &str) -> Vec<(String, Vec<u8>)> {
     let res = reqwest::get(url).await.unwrap();
     assert_eq!(res.status(), 200, "{url}");
     entries(&res.bytes().await.unwrap())
+}
+
+/// The entry names of the zip a link serves.
+pub async fn names_at(url: &str) -> Vec<String> {
+    entries_at(url)
+        .await
         .into_iter()
         .map(|(name, _)| name)
         .collect()
