@@ -9,8 +9,9 @@
 //!    the same 100 tracks through the synchronous pipeline (`POST /download`, `MAX_TRACKS=100`),
 //!    each in a fresh `serve`: target ≤ 1.10.
 //! 2. The 202's latency while a 100-track job runs: 200 sequential `POST /jobs` of one track
-//!    each, one every 100 ms (they queue behind the running job: `JOB_WORKERS=1`, so they do not
-//!    run during the measurement): target p99 ≤ 50 ms.
+//!    each, one every 100 ms (their steps queue behind the running job's tracks: serve runs
+//!    `DOWNLOAD_CONCURRENCY` of them at a time across all jobs, in order, so they do not run
+//!    during the measurement): target p99 ≤ 50 ms.
 //! 3. Peak RSS (VmHWM) of `serve` after a job of 10, 50 and 100 tracks, each in a fresh
 //!    `serve` (100: the job of scenario 1): flat in N, the largest at most 25 % above the
 //!    smallest. Its process tree's peak (`serve` and its scdl runs) is reported beside it.
@@ -90,7 +91,6 @@ impl Serve {
             ("SCDL_STUB_CACHE", support::stub::bench_cache(TRACK_BYTES)),
             ("DOWNLOAD_CONCURRENCY", concurrency.as_str()),
             ("MAX_TRACKS", "100"),
-            ("JOB_WORKERS", "1"),
             ("TRACK_TIMEOUT_SECONDS", "120"),
             ("SOUNDCLOUD_CLIENT_ID", "bench-client-id"),
             ("TMPDIR", tmp.path().to_str().unwrap()),

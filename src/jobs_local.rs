@@ -1,17 +1,19 @@
-//! `xomcloud serve`'s embedded jobs: records in SQLite (`$XOMCLOUD_DATA_DIR/jobs.db`), an
-//! in-process queue and `JOB_WORKERS` runners on this process's runtime. Queued and interrupted
-//! jobs are queued again at start-up; their stored tracks are skipped.
+//! `xomcloud serve`'s embedded jobs: records in SQLite (`$XOMCLOUD_DATA_DIR/jobs.db`) and an
+//! in-process queue whose steps (start, track, assemble: `jobs::runner`) run as tasks on this
+//! process's runtime, the steps that reach SoundCloud (a job's resolution, a track's fetch)
+//! `DOWNLOAD_CONCURRENCY` at a time across all jobs, in the order they were queued. Queued and
+//! interrupted jobs are started again at start-up; their settled tracks are skipped.
 
 use std::sync::Arc;
 
-use tokio::sync::Mutex;
+use tokio::sync::Semaphore;
 use xomcloud_common::config::Settings;
 use xomcloud_common::storage::Storage;
 use xomcloud_download_tracks::jobs::cache::CACHE_PREFIX;
-use xomcloud_download_tracks::jobs::{JobsApi, RunOutcome};
+use xomcloud_download_tracks::jobs::{JobRunner, JobsApi};
 use xomcloud_download_tracks::service::DownloadService;
 use xomcloud_download_tracks::wiring;
-use xomcloud_jobs::queue::{JobMessage, JobQueue, LocalQueue};
+use xomcloud_jobs::queue::{JobMessage, JobQueue, LocalQueue, Step};
 use xomcloud_jobs::store::{JobStore, SqliteStore};
 
 pub async fn start(
@@ -62,44 +64,70 @@ pub async fn start(
     let (queue, receiver) = LocalQueue::new();
     let queue: Arc<dyn JobQueue> = Arc::new(queue);
     let runner = Arc::new(wiring::runner(settings, store.clone(), storage.clone()));
-    let receiver = Arc::new(Mutex::new(receiver));
-    for _ in 0..settings.job_workers {
-        let (runner, receiver, download) = (runner.clone(), receiver.clone(), download.clone());
-        tokio::spawn(async move {
-            loop {
-                let Some(JobMessage { job_id }) = receiver.lock().await.recv().await else {
-                    return;
-                };
-                let fetcher = download.fetcher().await;
-                let lookup = download.lookup().await;
-                match runner.run(&job_id, fetcher, &lookup, None).await {
-                    Ok(RunOutcome::Settled(status)) => {
-                        tracing::info!(job = %job_id, status = ?status, "run finished");
-                    }
-                    // No deadline here: a run is never handed back.
-                    Ok(RunOutcome::HandBack) => {}
-                    Err(e) => {
-                        tracing::error!(job = %job_id, error = %e, "job failed");
-                        let reason = "The job failed on the server; please try again";
-                        if let Err(e) = runner.fail(&job_id, reason).await {
-                            tracing::error!(job = %job_id, error = %e, "cannot mark the job failed");
-                        }
-                    }
-                }
-            }
-        });
+    if std::env::var_os("JOB_WORKERS").is_some() {
+        tracing::warn!(
+            "JOB_WORKERS is no longer read: tracks of all jobs run DOWNLOAD_CONCURRENCY at a time"
+        );
     }
+    let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+    let mut receiver = receiver;
+    let steps = queue.clone();
+    let limits = download.limits.clone();
+    tokio::spawn(async move {
+        while let Some(message) = receiver.recv().await {
+            let step = run_step(
+                message,
+                runner.clone(),
+                download.clone(),
+                steps.clone(),
+                slots.clone(),
+            );
+            tokio::spawn(step);
+        }
+    });
     if !unfinished.is_empty() {
         tracing::info!(jobs = unfinished.len(), "resuming unfinished jobs");
     }
     for job_id in unfinished {
         queue
-            .send(&JobMessage { job_id })
+            .send(&JobMessage::start(job_id))
             .await
             .map_err(|e| e.to_string())?;
     }
-    let limits = download.limits.clone();
     Ok(wiring::jobs_api(settings, store, queue, storage, limits))
+}
+
+/// One step, then the steps it asks for on the queue. A step that reaches SoundCloud waits for
+/// one of the `slots` first (the semaphore is fair: steps run in the order they were queued).
+/// A step that fails (the data dir unwritable, say) fails its job.
+async fn run_step(
+    message: JobMessage,
+    runner: Arc<JobRunner>,
+    download: Arc<DownloadService>,
+    queue: Arc<dyn JobQueue>,
+    slots: Arc<Semaphore>,
+) {
+    let _slot = match message.step {
+        Step::Start | Step::Track(_) => Some(slots.acquire_owned().await),
+        Step::Assemble => None,
+    };
+    let fetcher = download.fetcher().await;
+    let lookup = download.lookup().await;
+    let job_id = &message.job_id;
+    match runner.step(&message, fetcher, &lookup, None).await {
+        Ok(next) => {
+            if let Err(e) = queue.send_all(&next).await {
+                tracing::error!(job = %job_id, error = %e, "cannot queue the next steps");
+            }
+        }
+        Err(e) => {
+            tracing::error!(job = %job_id, step = ?message.step, error = %e, "job step failed");
+            let reason = "The job failed on the server; please try again";
+            if let Err(e) = runner.fail(job_id, reason).await {
+                tracing::error!(job = %job_id, error = %e, "cannot mark the job failed");
+            }
+        }
+    }
 }
 
 /// Removes the files of the cache directory (tracks, their metadata, a crashed write's leftovers)

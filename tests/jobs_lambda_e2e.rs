@@ -29,6 +29,8 @@ struct Harness {
     dynamodb: aws_sdk_dynamodb::Client,
     queue_url: String,
     queue_arn: String,
+    track_queue_url: String,
+    track_queue_arn: String,
     dlq_url: String,
     dlq_arn: String,
     http_runtime: RuntimeApi,
@@ -64,10 +66,8 @@ async fn queue(sqs: &aws_sdk_sqs::Client, name: &str, redrive: Option<&str>) -> 
 
 impl Harness {
     async fn start(extra: &[(&str, &str)]) -> Self {
-        Self::start_on(Moto::start(), extra).await
-    }
-
-    async fn start_on(moto: Moto, extra: &[(&str, &str)]) -> Self {
+        // DynamoDB atomic: track workers settle tracks of one job at once.
+        let moto = Moto::start_atomic();
         let s3 = S3Server::start().await;
         let dynamodb = moto.dynamodb_client().await;
         xomcloud_jobs::store::dynamodb::create_table(&dynamodb, TABLE)
@@ -76,6 +76,8 @@ impl Harness {
         let sqs = moto.sqs_client().await;
         let (dlq_url, dlq_arn) = queue(&sqs, "xomcloud-jobs-dlq", None).await;
         let (queue_url, queue_arn) = queue(&sqs, "xomcloud-jobs", Some(&dlq_arn)).await;
+        let (track_queue_url, track_queue_arn) =
+            queue(&sqs, "xomcloud-tracks", Some(&dlq_arn)).await;
         let tmp = tempfile::tempdir().unwrap();
         let work = tempfile::tempdir().unwrap();
         let stub_log = work.path().join("scdl.log");
@@ -88,6 +90,7 @@ impl Harness {
             ("AWS_EC2_METADATA_DISABLED", "true"),
             ("JOBS_TABLE", TABLE),
             ("JOBS_QUEUE_URL", queue_url.as_str()),
+            ("TRACK_QUEUE_URL", track_queue_url.as_str()),
             ("JOBS_DLQ_ARN", dlq_arn.as_str()),
             ("SOUNDCLOUD_CLIENT_ID", CLIENT_ID),
             ("SCDL_BIN", support::stub::stub_scdl().to_str().unwrap()),
@@ -115,6 +118,8 @@ impl Harness {
             dynamodb,
             queue_url,
             queue_arn,
+            track_queue_url,
+            track_queue_arn,
             dlq_url,
             dlq_arn,
             http_runtime,
@@ -234,17 +239,27 @@ impl Harness {
     }
 
     async fn receive(&self, queue_url: &str) -> Option<aws_sdk_sqs::types::Message> {
+        self.receive_up_to(queue_url, 1, 1).await.into_iter().next()
+    }
+
+    /// Up to `n` (≤ 10) messages, waiting up to `wait` seconds for the first.
+    async fn receive_up_to(
+        &self,
+        queue_url: &str,
+        n: usize,
+        wait: i32,
+    ) -> Vec<aws_sdk_sqs::types::Message> {
         let out = self
             .sqs
             .receive_message()
             .queue_url(queue_url)
-            .max_number_of_messages(1)
-            .wait_time_seconds(1)
+            .max_number_of_messages(n as i32)
+            .wait_time_seconds(wait)
             .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
             .send()
             .await
             .unwrap();
-        out.messages.unwrap_or_default().into_iter().next()
+        out.messages.unwrap_or_default()
     }
 
     /// The event source mapping's SQS event for one received message.
@@ -314,16 +329,76 @@ impl Harness {
         }
     }
 
-    /// Plays the event source mapping until the queue is empty; the number of deliveries.
+    /// Plays both event source mappings (the jobs queue's, the track queue's) one message at a
+    /// time until both queues are empty; the number of deliveries.
     async fn drain(&self, time_limit: Duration) -> usize {
+        self.drain_with(1, time_limit).await
+    }
+
+    /// Plays both event source mappings with up to `in_flight` messages delivered at once (the
+    /// worker processes on the runtime take them in parallel), until both queues are empty;
+    /// the number of deliveries.
+    async fn drain_with(&self, in_flight: usize, time_limit: Duration) -> usize {
+        let queues = [
+            (&self.queue_url, &self.queue_arn),
+            (&self.track_queue_url, &self.track_queue_arn),
+        ];
         let mut delivered = 0;
-        while let Some(message) = self.receive(&self.queue_url).await {
-            self.deliver(&message, &self.queue_url, &self.queue_arn, time_limit)
-                .await;
-            delivered += 1;
-            assert!(delivered < 50, "the queue never empties");
+        // Short polls while there is work; an empty round is confirmed with a long poll.
+        let mut wait = 0;
+        loop {
+            let mut batch = Vec::new();
+            for (url, arn) in queues {
+                let room = in_flight.min(10) - batch.len();
+                if room == 0 {
+                    break;
+                }
+                for message in self.receive_up_to(url, room, wait).await {
+                    batch.push((message, url, arn));
+                }
+            }
+            if batch.is_empty() {
+                if wait > 0 {
+                    return delivered;
+                }
+                wait = 1;
+                continue;
+            }
+            wait = 0;
+            delivered += batch.len();
+            assert!(delivered < 500, "the queues never empty");
+            futures::future::join_all(
+                batch
+                    .iter()
+                    .map(|(message, url, arn)| self.deliver(message, url, arn, time_limit)),
+            )
+            .await;
         }
-        delivered
+    }
+
+    /// `n` more worker processes on the worker runtime (Lambda's concurrency).
+    fn spawn_workers(&self, n: usize) -> Vec<LambdaProcess> {
+        let mut refs: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        refs.push(("_HANDLER", "jobs-worker"));
+        let bin = workspace_bin("xomcloud-download-tracks");
+        (0..n)
+            .map(|_| spawn_function_with_args(&bin, &["jobs-worker"], &self.worker_runtime, &refs))
+            .collect()
+    }
+
+    /// The job's tracks' states, in order.
+    async fn states(&self, id: &str) -> Vec<String> {
+        let (_, body) = self.get(id, ALICE).await;
+        body["data"]["tracks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["state"].as_str().unwrap().to_owned())
+            .collect()
     }
 
     fn scdl_runs(&self) -> Vec<String> {
@@ -394,12 +469,7 @@ async fn a_job_runs_with_progress_and_zips_exactly_its_successful_tracks() {
         (200, json!("queued"))
     );
 
-    // The worker runs while the test polls: progress shows in between.
-    let message = h.receive(&h.queue_url).await.expect("the job's message");
-    let event = h.sqs_event(&message, &h.queue_arn);
-    let worker = h
-        .worker_runtime
-        .invoke_with_time_limit(event, WORKER_TIME, WORKER_TIME);
+    // The test plays the event source mappings while it polls: progress shows in between.
     let poll = async {
         let mut seen = Vec::new();
         loop {
@@ -415,12 +485,10 @@ async fn a_job_runs_with_progress_and_zips_exactly_its_successful_tracks() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
-    let (answer, seen) = tokio::join!(worker, poll);
-    let answer = answer.response();
-    h.settle(&message, &h.queue_url, &answer).await;
-    assert_eq!(
-        answer["batchItemFailures"],
-        json!([]),
+    let (delivered, seen) = tokio::join!(h.drain(WORKER_TIME), poll);
+    assert_eq!(delivered, 1 + 12 + 1, "start, one step per track, assemble");
+    assert!(
+        !h.worker_logs().contains("message not processed"),
         "{}",
         h.worker_logs()
     );
@@ -470,18 +538,50 @@ async fn a_job_runs_with_progress_and_zips_exactly_its_successful_tracks() {
         12,
         "not found and geo-blocked are not retried"
     );
-    // A redelivered message for a finished job does nothing.
-    h.sqs
-        .send_message()
-        .queue_url(&h.queue_url)
-        .message_body(json!({"job_id": id}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(h.drain(WORKER_TIME).await, 1);
+    // Redelivered messages of every step for a finished job change nothing: no fetch, no
+    // second zip, the same answer.
+    let (_, before) = h.get(&id, ALICE).await;
+    let zips = || -> Vec<String> {
+        h.s3.objects()
+            .into_iter()
+            .filter(|k| k.ends_with(".zip"))
+            .collect()
+    };
+    let zips_before = zips();
+    assert_eq!(zips_before.len(), 1);
+    for (url, body) in [
+        (&h.queue_url, json!({"job_id": id})),
+        (
+            &h.track_queue_url,
+            json!({"job_id": id, "step": "track", "track": 3}),
+        ),
+        (
+            &h.track_queue_url,
+            json!({"job_id": id, "step": "track", "track": 4}),
+        ),
+        (&h.queue_url, json!({"job_id": id, "step": "assemble"})),
+    ] {
+        h.sqs
+            .send_message()
+            .queue_url(url)
+            .message_body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+    }
+    assert_eq!(h.drain(WORKER_TIME).await, 4);
     assert_eq!(h.scdl_runs().len(), 12);
+    assert_eq!(zips(), zips_before);
     let (_, again) = h.get(&id, ALICE).await;
-    assert_eq!(again["data"]["status"], "done");
+    let strip = |v: &Value| {
+        let mut d = v["data"].clone();
+        d.as_object_mut().unwrap().remove("download_url");
+        for t in d["tracks"].as_array_mut().unwrap() {
+            t.as_object_mut().unwrap().remove("url");
+        }
+        d
+    };
+    assert_eq!(strip(&again), strip(&before), "presigned links aside");
     // Another principal sees nothing; DELETE of a done job is a conflict.
     let (status, other) = h.get(&id, "mallory").await;
     assert_eq!(
@@ -508,7 +608,7 @@ async fn a_job_whose_tracks_all_fail_is_failed_and_passing_failures_are_retried_
             track(2, "preview"),
         ])
         .await;
-    assert_eq!(h.drain(WORKER_TIME).await, 1);
+    assert_eq!(h.drain(WORKER_TIME).await, 1 + 3 + 1);
     let (_, body) = h.get(&id, ALICE).await;
     let d = &body["data"];
     assert_eq!(d["status"], "failed", "{body}");
@@ -537,49 +637,61 @@ async fn a_killed_worker_and_a_redelivered_message_make_one_correct_zip() {
     let mut h = Harness::start(&[("SCDL_STUB_DELAY", "0.5")]).await;
     let tracks: Vec<Value> = (0..12).map(|i| track(i, "bench")).collect();
     let id = h.create(&tracks).await;
-    let message = h.receive(&h.queue_url).await.unwrap();
-    let event = h.sqs_event(&message, &h.queue_arn);
-    let runtime_invoke = h
-        .worker_runtime
-        .invoke_with_time_limit(event, WORKER_TIME, WORKER_TIME);
+    let start = h.receive(&h.queue_url).await.unwrap();
+    h.deliver(&start, &h.queue_url, &h.queue_arn, WORKER_TIME)
+        .await;
+    // Four track steps settle their tracks.
+    for _ in 0..4 {
+        let message = h.receive(&h.track_queue_url).await.unwrap();
+        h.deliver(
+            &message,
+            &h.track_queue_url,
+            &h.track_queue_arn,
+            WORKER_TIME,
+        )
+        .await;
+    }
+    let done_before: Vec<usize> = h
+        .states(&id)
+        .await
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| *s == "done")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(done_before.len(), 4);
+    // The fifth worker dies while it fetches: its invocation is never answered.
+    let message = h.receive(&h.track_queue_url).await.unwrap();
+    let event = h.sqs_event(&message, &h.track_queue_arn);
     let invocation = async {
-        // Dies with the worker: the invocation is never answered.
+        let runtime_invoke =
+            h.worker_runtime
+                .invoke_with_time_limit(event, WORKER_TIME, WORKER_TIME);
         let _ = tokio::time::timeout(Duration::from_secs(60), runtime_invoke).await;
     };
-    let kill_after_progress = async {
+    let kill_while_fetching = async {
         loop {
-            let (_, body) = h.get(&id, ALICE).await;
-            if body["data"]["done"].as_u64().unwrap() >= 4 {
-                return;
+            if let Some(i) = h.states(&id).await.iter().position(|s| s == "downloading") {
+                return i;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    tokio::select! {
+    let killed = tokio::select! {
         () = invocation => panic!("the worker finished before it could be killed"),
-        () = kill_after_progress => {}
-    }
-    let done_before: Vec<String> = {
-        let (_, body) = h.get(&id, ALICE).await;
-        body["data"]["tracks"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|t| t["state"] == "done")
-            .map(|t| t["id"].as_str().unwrap().to_owned())
-            .collect()
+        i = kill_while_fetching => i,
     };
     h.start_worker(&[]); // kills the old process first
                          // Redelivery: the message becomes visible again.
     h.sqs
         .change_message_visibility()
-        .queue_url(&h.queue_url)
+        .queue_url(&h.track_queue_url)
         .receipt_handle(message.receipt_handle().unwrap())
         .visibility_timeout(0)
         .send()
         .await
         .unwrap();
-    assert!(h.drain(WORKER_TIME).await >= 1);
+    assert_eq!(h.drain(WORKER_TIME).await, 8 + 1, "the rest, then assembly");
     let (_, body) = h.get(&id, ALICE).await;
     assert_eq!(
         body["data"]["status"],
@@ -591,17 +703,18 @@ async fn a_killed_worker_and_a_redelivered_message_make_one_correct_zip() {
     let names: Vec<String> = entries.into_iter().map(|(n, _)| n).collect();
     let expected: Vec<String> = (0..12).map(|i| format!("Stub - Song {i}.mp3")).collect();
     assert_eq!(names, expected);
-    // Tracks stored before the kill were not fetched again.
+    // Settled tracks were not fetched again; the killed one was, once more.
     let runs = h.scdl_runs();
-    for id in &done_before {
-        let n: usize = id[1..].parse().unwrap();
+    let fetches = |n: usize| {
         let url = format!("https://soundcloud.com/stub/bench-{n}");
-        assert_eq!(
-            runs.iter().filter(|u| **u == url).count(),
-            1,
-            "{url} fetched again"
-        );
+        runs.iter().filter(|u| **u == url).count()
+    };
+    assert!(!done_before.contains(&killed));
+    for n in 0..12 {
+        let expected = if n == killed { 2 } else { 1 };
+        assert_eq!(fetches(n), expected, "track {n}");
     }
+    assert_eq!(runs.len(), 13, "{runs:?}");
     let zips: Vec<String> =
         h.s3.objects()
             .into_iter()
@@ -612,60 +725,108 @@ async fn a_killed_worker_and_a_redelivered_message_make_one_correct_zip() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_worker_short_of_time_hands_the_job_back_and_it_completes() {
-    let h = Harness::start(&[
-        ("TRACK_TIMEOUT_SECONDS", "2"),
-        ("SCDL_STUB_DELAY", "1"),
-        ("DOWNLOAD_CONCURRENCY", "2"),
-    ])
-    .await;
-    let tracks: Vec<Value> = (0..12).map(|i| track(i, "bench")).collect();
-    let id = h.create(&tracks).await;
-    // 9 s per invocation, 6 s needed to start a track (3 × the track timeout), 2 tracks of 1 s
-    // at a time: an invocation fetches a few rounds, then puts the job back on the queue.
-    let deliveries = h.drain(Duration::from_secs(9)).await;
-    assert!(
-        deliveries >= 2,
-        "no hand-back happened ({deliveries} deliveries)"
+async fn a_worker_short_of_time_hands_the_track_back_and_it_completes() {
+    let h = Harness::start(&[("TRACK_TIMEOUT_SECONDS", "2"), ("SCDL_STUB_DELAY", "1")]).await;
+    let id = h.create(&[track(0, "bench"), track(1, "bench")]).await;
+    let start = h.receive(&h.queue_url).await.unwrap();
+    h.deliver(&start, &h.queue_url, &h.queue_arn, WORKER_TIME)
+        .await;
+    // 5 s left, 6 s needed to start a track (3 × the track timeout): the step puts its track
+    // back on the queue and answers without a failure.
+    let message = h.receive(&h.track_queue_url).await.unwrap();
+    let answer = h
+        .deliver(
+            &message,
+            &h.track_queue_url,
+            &h.track_queue_arn,
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(answer["batchItemFailures"], json!([]));
+    assert!(h.worker_logs().contains("handing the track back"));
+    assert!(h.scdl_runs().is_empty());
+    assert_eq!(
+        h.drain(WORKER_TIME).await,
+        2 + 1,
+        "both tracks, then assembly"
     );
-    assert!(h.worker_logs().contains("handing the job back"));
     let (_, body) = h.get(&id, ALICE).await;
     assert_eq!(body["data"]["status"], "done", "{body}");
     let entries = support::zips::entries_at(body["data"]["download_url"].as_str().unwrap()).await;
-    assert_eq!(entries.len(), 12);
-    assert_eq!(h.scdl_runs().len(), 12, "every track fetched exactly once");
+    assert_eq!(entries.len(), 2);
+    assert_eq!(h.scdl_runs().len(), 2, "every track fetched exactly once");
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_poison_message_ends_in_the_dead_letter_queue_and_the_job_fails() {
+async fn poison_messages_end_in_the_dead_letter_queue_and_fail_their_tracks_or_job() {
     let mut h = Harness::start(&[]).await;
     let id = h.create(&[track(0, "bench"), track(1, "bench")]).await;
-    // A worker whose S3 is unreachable fails every run.
+    // A worker whose S3 is unreachable: the start step needs no S3, every track step fails.
     h.start_worker(&[("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")]);
+    let start = h.receive(&h.queue_url).await.unwrap();
+    let answer = h
+        .deliver(&start, &h.queue_url, &h.queue_arn, WORKER_TIME)
+        .await;
+    assert_eq!(answer["batchItemFailures"], json!([]));
     let mut failures = 0;
-    while let Some(message) = h.receive(&h.queue_url).await {
+    while let Some(message) = h.receive(&h.track_queue_url).await {
         let answer = h
-            .deliver(&message, &h.queue_url, &h.queue_arn, WORKER_TIME)
+            .deliver(
+                &message,
+                &h.track_queue_url,
+                &h.track_queue_arn,
+                WORKER_TIME,
+            )
             .await;
         assert_eq!(
             answer["batchItemFailures"][0]["itemIdentifier"],
             json!(message.message_id())
         );
         failures += 1;
-        assert!(failures <= 3, "maxReceiveCount is 3");
+        assert!(failures <= 6, "maxReceiveCount is 3, for each of 2 tracks");
     }
-    assert_eq!(failures, 3);
+    assert_eq!(failures, 6);
     let (_, body) = h.get(&id, ALICE).await;
     assert_eq!(body["data"]["status"], "running");
-    // The dead-letter queue's mapping: the job is marked failed, with a reason.
+    // The dead-letter queue's mapping: each dead track is settled failed, with a reason; the
+    // last one asks for assembly, and with nothing fetched the job fails.
     h.start_worker(&[]);
-    let dead = h
-        .receive(&h.dlq_url)
-        .await
-        .expect("the message in the dead-letter queue");
-    let answer = h.deliver(&dead, &h.dlq_url, &h.dlq_arn, WORKER_TIME).await;
-    assert_eq!(answer["batchItemFailures"], json!([]));
+    let mut dead = 0;
+    while let Some(message) = h.receive(&h.dlq_url).await {
+        let answer = h
+            .deliver(&message, &h.dlq_url, &h.dlq_arn, WORKER_TIME)
+            .await;
+        assert_eq!(answer["batchItemFailures"], json!([]));
+        dead += 1;
+    }
+    assert_eq!(dead, 2);
+    assert_eq!(h.drain(WORKER_TIME).await, 1, "the assemble step");
     let (_, body) = h.get(&id, ALICE).await;
+    let d = &body["data"];
+    assert_eq!(d["status"], "failed", "{body}");
+    assert_eq!(d["error"], "All 2 downloads failed");
+    for t in d["tracks"].as_array().unwrap() {
+        assert!(
+            t["error"].as_str().unwrap().contains("failed repeatedly"),
+            "{t}"
+        );
+    }
+    // A dead start step fails its job.
+    let other = h.create(&[track(2, "bench")]).await;
+    let start = h.receive(&h.queue_url).await.unwrap();
+    h.sqs
+        .send_message()
+        .queue_url(&h.dlq_url)
+        .message_body(start.body().unwrap())
+        .send()
+        .await
+        .unwrap();
+    h.settle(&start, &h.queue_url, &json!({"batchItemFailures": []}))
+        .await;
+    let message = h.receive(&h.dlq_url).await.unwrap();
+    h.deliver(&message, &h.dlq_url, &h.dlq_arn, WORKER_TIME)
+        .await;
+    let (_, body) = h.get(&other, ALICE).await;
     assert_eq!(body["data"]["status"], "failed", "{body}");
     assert!(body["data"]["error"]
         .as_str()
@@ -673,6 +834,7 @@ async fn a_poison_message_ends_in_the_dead_letter_queue_and_the_job_fails() {
         .contains("failed repeatedly"));
     assert!(h.job_objects().is_empty());
     assert!(h.temp_is_empty());
+    assert!(h.scdl_runs().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -680,13 +842,25 @@ async fn cancelling_kills_the_process_groups_aborts_uploads_and_cleans_up() {
     let h = Harness::start(&[("SCDL_STUB_DELAY", "30"), ("TRACK_TIMEOUT_SECONDS", "60")]).await;
     let tracks: Vec<Value> = (0..6).map(|i| track(i, "bench")).collect();
     let id = h.create(&tracks).await;
-    let message = h.receive(&h.queue_url).await.unwrap();
-    let event = h.sqs_event(&message, &h.queue_arn);
-    // Room for 3 × the 60 s track timeout: the worker starts tracks.
+    let start = h.receive(&h.queue_url).await.unwrap();
+    h.deliver(&start, &h.queue_url, &h.queue_arn, WORKER_TIME)
+        .await;
+    // Four track steps at once, in four worker processes.
+    let _more = h.spawn_workers(3);
+    let mut steps = Vec::new();
+    while steps.len() < 4 {
+        steps.extend(
+            h.receive_up_to(&h.track_queue_url, 4 - steps.len(), 1)
+                .await,
+        );
+    }
+    // Room for 3 × the 60 s track timeout: the workers start their tracks.
     let time_limit = Duration::from_secs(600);
-    let worker = h
-        .worker_runtime
-        .invoke_with_time_limit(event, WORKER_TIME, time_limit);
+    let workers = futures::future::join_all(
+        steps
+            .iter()
+            .map(|m| h.deliver(m, &h.track_queue_url, &h.track_queue_arn, time_limit)),
+    );
     let cancel = async {
         // Wait for four scdl processes, then cancel.
         while h.stub_pgids().len() < 4 {
@@ -697,17 +871,19 @@ async fn cancelling_kills_the_process_groups_aborts_uploads_and_cleans_up() {
         assert_eq!(body["data"]["status"], "cancelled");
         Instant::now()
     };
-    let (answer, cancelled_at) = tokio::join!(worker, cancel);
-    let answer = answer.response();
+    let (answers, cancelled_at) = tokio::join!(workers, cancel);
     // Seen at once, not when the stub's 30 s are over.
     assert!(cancelled_at.elapsed() < Duration::from_secs(20));
-    h.settle(&message, &h.queue_url, &answer).await;
-    assert_eq!(
-        answer["batchItemFailures"],
-        json!([]),
-        "{}",
-        h.worker_logs()
-    );
+    for answer in answers {
+        assert_eq!(
+            answer["batchItemFailures"],
+            json!([]),
+            "{}",
+            h.worker_logs()
+        );
+    }
+    // The other two track steps see the cancelled job and start nothing.
+    assert_eq!(h.drain(time_limit).await, 2);
     let pgids = h.stub_pgids();
     assert_eq!(
         pgids.len(),
@@ -942,13 +1118,10 @@ async fn a_burst_from_one_caller_is_refused_and_the_same_principal_elsewhere_is_
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_concurrent_jobs_from_one_caller_leave_three_active() {
     // moto one request at a time: DynamoDB applies each conditional write atomically.
-    let h = Harness::start_on(
-        Moto::start_atomic(),
-        &[
-            ("RATE_LIMIT_PER_MINUTE", "600"),
-            ("RATE_LIMIT_BURST", "100"),
-        ],
-    )
+    let h = Harness::start(&[
+        ("RATE_LIMIT_PER_MINUTE", "600"),
+        ("RATE_LIMIT_BURST", "100"),
+    ])
     .await;
     // Four function instances take the twenty requests at once.
     let _more: Vec<LambdaProcess> = (0..3).map(|_| h.spawn_http()).collect();
@@ -1026,17 +1199,14 @@ async fn a_set_link_expands_in_the_worker_into_its_tracks_in_order() {
     // The 202 comes before resolution: one entry so far.
     assert_eq!(body["data"]["total"], 1);
     let id = body["data"]["job_id"].as_str().unwrap().to_owned();
-    let message = h.receive(&h.queue_url).await.expect("the job's message");
-    let answer = h
-        .deliver(&message, &h.queue_url, &h.queue_arn, WORKER_TIME)
-        .await;
+    // Four track workers at once (the track queue's mapping), the steps in any order.
+    let _more = h.spawn_workers(3);
     assert_eq!(
-        answer["batchItemFailures"],
-        json!([]),
-        "{}",
-        h.worker_logs()
+        h.drain_with(4, WORKER_TIME).await,
+        1 + 12 + 1,
+        "start, one step per track, assemble"
     );
-    assert!(h.receive(&h.queue_url).await.is_none(), "one delivery");
+    assert!(!h.worker_logs().contains("message not processed"));
 
     let (_, body) = h.get(&id, ALICE).await;
     let d = &body["data"];
@@ -1078,7 +1248,7 @@ async fn a_set_link_expands_in_the_worker_into_its_tracks_in_order() {
     // The same set again: resolved again, fetched never.
     let (_, body, _) = h.post(&json!({ "tracks": [set] }), ALICE, None).await;
     let again = body["data"]["job_id"].as_str().unwrap().to_owned();
-    assert_eq!(h.drain(WORKER_TIME).await, 1);
+    assert_eq!(h.drain_with(4, WORKER_TIME).await, 1 + 12 + 1);
     let (_, body) = h.get(&again, ALICE).await;
     assert_eq!(body["data"]["status"], "done", "{body}");
     assert_eq!(h.scdl_runs().len(), 12, "cached tracks are not fetched");
@@ -1122,7 +1292,7 @@ async fn the_shared_track_cache_serves_repeats_once_and_keeps_tracks_apart() {
     let first = h
         .create(&[track(0, "bench"), track(1, "bench"), track(2, "notfound")])
         .await;
-    assert_eq!(h.drain(WORKER_TIME).await, 1);
+    assert_eq!(h.drain(WORKER_TIME).await, 1 + 3 + 1);
     let d = done_job(first).await;
     let zip_a = support::zips::entries_at(d["download_url"].as_str().unwrap()).await;
     let mut want: Vec<String> = ["bench-0", "bench-1"]
@@ -1160,7 +1330,7 @@ async fn the_shared_track_cache_serves_repeats_once_and_keeps_tracks_apart() {
                "title": format!("Other {i}"), "artist": "Else"})
     };
     let second = h.create(&[renamed(1), renamed(0), track(3, "bench")]).await;
-    assert_eq!(h.drain(WORKER_TIME).await, 1);
+    assert_eq!(h.drain(WORKER_TIME).await, 1 + 3 + 1);
     let d = done_job(second).await;
     let zip_b = support::zips::entries_at(d["download_url"].as_str().unwrap()).await;
     let names: Vec<&str> = zip_b.iter().map(|(n, _)| n.as_str()).collect();
@@ -1182,14 +1352,14 @@ async fn the_shared_track_cache_serves_repeats_once_and_keeps_tracks_apart() {
     // A job of cached tracks only runs no scdl at all.
     let before = h.scdl_runs().len();
     let third = h.create(&[track(3, "bench"), track(0, "bench")]).await;
-    assert_eq!(h.drain(WORKER_TIME).await, 1);
+    assert_eq!(h.drain(WORKER_TIME).await, 1 + 2 + 1);
     done_job(third).await;
     assert_eq!(h.scdl_runs().len(), before, "cached tracks are not fetched");
 
     // A forged id: track 0's id on another URL reaches nothing of track 0's.
     let forged = json!({"id": "t0", "url": url("bench-7"), "title": "Song 0", "artist": "Stub"});
     let fourth = h.create(&[forged]).await;
-    assert_eq!(h.drain(WORKER_TIME).await, 1);
+    assert_eq!(h.drain(WORKER_TIME).await, 1 + 1 + 1);
     let d = done_job(fourth).await;
     let zip_d = support::zips::entries_at(d["download_url"].as_str().unwrap()).await;
     assert_eq!(
@@ -1202,38 +1372,12 @@ async fn the_shared_track_cache_serves_repeats_once_and_keeps_tracks_apart() {
 
     // Two jobs asking at once for the same uncached track, run by two workers at once (Lambda's
     // concurrency): fetched once, both done with the same audio.
-    let second_worker = {
-        let mut refs: Vec<(&str, &str)> = h
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        refs.push(("_HANDLER", "jobs-worker"));
-        spawn_function_with_args(
-            &workspace_bin("xomcloud-download-tracks"),
-            &["jobs-worker"],
-            &h.worker_runtime,
-            &refs,
-        )
-    };
+    let _more = h.spawn_workers(2);
     let shared = h.create(&[track(9, "bench")]).await;
     let also = h.create(&[track(9, "bench"), track(8, "bench")]).await;
-    let (a, b) = (
-        h.receive(&h.queue_url).await.expect("a message"),
-        h.receive(&h.queue_url).await.expect("another message"),
-    );
-    let (answer_a, answer_b) = tokio::join!(
-        h.deliver(&a, &h.queue_url, &h.queue_arn, WORKER_TIME),
-        h.deliver(&b, &h.queue_url, &h.queue_arn, WORKER_TIME),
-    );
-    for answer in [answer_a, answer_b] {
-        assert_eq!(
-            answer["batchItemFailures"],
-            json!([]),
-            "{}",
-            second_worker.logs()
-        );
-    }
+    // Both starts, then the three track steps at once.
+    assert_eq!(h.drain_with(3, WORKER_TIME).await, 2 + 3 + 2);
+    assert!(!h.worker_logs().contains("message not processed"));
     let zip_e =
         support::zips::entries_at(done_job(shared).await["download_url"].as_str().unwrap()).await;
     let zip_f =

@@ -415,7 +415,6 @@ async fn the_shared_track_cache_serves_repeats_once_and_names_each_track() {
         ("SCDL_STUB_SIZE", "50000"),
         ("SCDL_STUB_DELAY", "0.5"),
         ("DOWNLOAD_CONCURRENCY", "2"),
-        ("JOB_WORKERS", "2"),
         ("RATE_LIMIT_PER_MINUTE", "0"),
         ("TRACK_RETRY_PAUSE_SECONDS", "0"),
         ("TMPDIR", tmp.path().to_str().unwrap()),
@@ -515,7 +514,8 @@ async fn the_shared_track_cache_serves_repeats_once_and_names_each_track() {
     assert_eq!(runs_of("bench-7"), 1);
     assert_ne!(zip_d[0].1, zip_a[0].1, "its own audio");
 
-    // Two jobs at once (JOB_WORKERS=2) asking for the same uncached track: fetched once.
+    // Two jobs at once (their tracks two at a time across both) asking for the same uncached
+    // track: fetched once.
     let (e, f) = tokio::join!(
         run(vec![track(9, "bench")]),
         run(vec![track(8, "bench"), track(9, "bench")])

@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -290,6 +290,7 @@ async fn contract(store: &dyn JobStore) {
 
     replace_tracks_contract(store).await;
     lease_contract(store).await;
+    settle_contract(store).await;
 }
 
 /// The shared track cache's lease: one holder at a time per key, the holder may take it again,
@@ -329,6 +330,84 @@ async fn lease_contract(store: &dyn JobStore) {
     assert!(!store.take_lease(key, "job-c/1", now + 300).await.unwrap());
     // Leases are not jobs: no job id reads one.
     assert_eq!(store.get(key).await.unwrap(), None);
+}
+
+/// A track step's writes: `track` reads one track and the job's status; `settle_track` settles
+/// a track once and counts it once, however often it is repeated, and tells exactly one of the
+/// callers that it settled the last track; a progress write never overwrites a settled track.
+async fn settle_contract(store: &dyn JobStore) {
+    use JobStatus::*;
+    let job = job_of("settle", (0..3).map(spec).collect());
+    store.create(&job, None).await.unwrap();
+    let (status, track) = store.track(&job.id, 1).await.unwrap().unwrap();
+    assert_eq!((status, track.state), (Queued, TrackState::Queued));
+    assert_eq!(track.spec, spec(1));
+    assert_eq!(store.track(&job.id, 3).await.unwrap(), None);
+    assert_eq!(store.track(&new_job_id(), 0).await.unwrap(), None);
+    assert!(store
+        .transition(&job.id, &[Queued], Running, &Outcome::default())
+        .await
+        .unwrap());
+
+    let done = TrackUpdate {
+        state: TrackState::Done,
+        error: None,
+        size: Some(5_000),
+        crc32: Some(0xdead_beef),
+        attempts: 1,
+    };
+    let failed = TrackUpdate {
+        error: Some("Track not found".into()),
+        ..update(TrackState::Failed, 2)
+    };
+    let first = store.settle_track(&job.id, 0, &done).await.unwrap();
+    assert_eq!(
+        (first.counted, first.settled, first.total, first.status),
+        (true, 1, 3, Running)
+    );
+    assert!(!first.was_last() && !first.all());
+    // Again (a redelivered message), even with another outcome: nothing changes, not counted.
+    let again = store.settle_track(&job.id, 0, &failed).await.unwrap();
+    assert_eq!((again.counted, again.settled), (false, 1));
+    let (_, track) = store.track(&job.id, 0).await.unwrap().unwrap();
+    assert_eq!((track.state, track.size), (TrackState::Done, Some(5_000)));
+    // A late progress write (a duplicate delivery) leaves the settled track alone.
+    store
+        .update_track(&job.id, 0, &update(TrackState::Downloading, 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.track(&job.id, 0).await.unwrap().unwrap().1.state,
+        TrackState::Done
+    );
+    // Progress on an unsettled track is written; settling needs done or failed.
+    store
+        .update_track(&job.id, 1, &update(TrackState::Downloading, 1))
+        .await
+        .unwrap();
+    assert!(store
+        .settle_track(&job.id, 1, &update(TrackState::Downloading, 1))
+        .await
+        .is_err());
+    assert!(store.settle_track(&job.id, 3, &done).await.is_err());
+    assert!(store.settle_track(&new_job_id(), 0, &done).await.is_err());
+    // The last two settle at once: exactly one of them is told it was last.
+    let (a, b) = tokio::join!(
+        store.settle_track(&job.id, 1, &failed),
+        store.settle_track(&job.id, 2, &done)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert!(a.counted && b.counted);
+    assert_eq!(
+        [a.was_last(), b.was_last()].iter().filter(|l| **l).count(),
+        1,
+        "{a:?} {b:?}"
+    );
+    let late = store.settle_track(&job.id, 2, &done).await.unwrap();
+    assert!(late.all() && !late.was_last());
+    let job = store.get(&job.id).await.unwrap().unwrap();
+    assert_eq!((job.done_count(), job.failed_count()), (2, 1));
+    assert_eq!(job.tracks[1].error.as_deref(), Some("Track not found"));
 }
 
 /// Resolution's write: a running job's tracks become the resolved list, all queued, and its
@@ -528,7 +607,8 @@ async fn active_limit_contract(store: &dyn JobStore) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn dynamodb_store_meets_the_contract() {
-    let moto = Moto::start();
+    // Atomic: the contract settles two tracks at once.
+    let moto = Moto::start_atomic();
     let client = moto.dynamodb_client().await;
     create_table(&client, TABLE).await.unwrap();
     // Small pages make the 200-track job span several Query pages.
@@ -713,39 +793,67 @@ async fn scan(client: &aws_sdk_dynamodb::Client) -> Vec<HashMap<String, Attribut
     }
 }
 
+/// Every message in `url`, parsed (as many receives as it takes).
+async fn drain(client: &aws_sdk_sqs::Client, url: &str) -> Vec<JobMessage> {
+    let mut messages = Vec::new();
+    loop {
+        let received = client
+            .receive_message()
+            .queue_url(url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        if received.messages().is_empty() {
+            return messages;
+        }
+        for message in received.messages() {
+            let body = message.body().unwrap();
+            assert!(body.starts_with(r#"{"job_id":""#), "{body}");
+            messages.push(parse_message(body).unwrap());
+            client
+                .delete_message()
+                .queue_url(url)
+                .receipt_handle(message.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn sqs_queue_sends_the_message_json() {
+async fn sqs_queue_sends_track_steps_to_the_track_queue_in_batches() {
     let moto = Moto::start();
     let client = moto.sqs_client().await;
-    let url = client
-        .create_queue()
-        .queue_name("xomcloud-jobs")
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .unwrap();
-    let queue = SqsQueue::new(client.clone(), url.clone());
-    let message = JobMessage {
-        job_id: new_job_id(),
-    };
-    queue.send(&message).await.unwrap();
+    let mut urls = Vec::new();
+    for name in ["xomcloud-jobs", "xomcloud-tracks"] {
+        let url = client.create_queue().queue_name(name).send().await.unwrap();
+        urls.push(url.queue_url.unwrap());
+    }
+    let queue =
+        SqsQueue::new(client.clone(), urls[0].clone()).with_track_queue(Some(urls[1].clone()));
+    let id = new_job_id();
+    queue.send(&JobMessage::start(&id)).await.unwrap();
+    // 23 tracks (three batches) and an assemble step in one call.
+    let mut steps: Vec<JobMessage> = (0..23).map(|i| JobMessage::track(&id, i)).collect();
+    steps.push(JobMessage::assemble(&id));
+    queue.send_all(&steps).await.unwrap();
 
-    let received = client
-        .receive_message()
-        .queue_url(&url)
-        .max_number_of_messages(10)
-        .wait_time_seconds(5)
-        .send()
-        .await
-        .unwrap();
-    let bodies: Vec<&str> = received
-        .messages()
-        .iter()
-        .filter_map(|m| m.body())
-        .collect();
-    assert_eq!(bodies, [format!(r#"{{"job_id":"{}"}}"#, message.job_id)]);
-    assert_eq!(parse_message(bodies[0]).unwrap(), message);
+    let jobs: HashSet<JobMessage> = drain(&client, &urls[0]).await.into_iter().collect();
+    let tracks: HashSet<JobMessage> = drain(&client, &urls[1]).await.into_iter().collect();
+    assert_eq!(
+        jobs,
+        HashSet::from([JobMessage::start(&id), JobMessage::assemble(&id)])
+    );
+    assert_eq!(tracks, steps[..23].iter().cloned().collect());
+
+    // Without a track queue every step goes to the jobs queue.
+    let single = SqsQueue::new(client.clone(), urls[0].clone());
+    single.send_all(&steps).await.unwrap();
+    let all: HashSet<JobMessage> = drain(&client, &urls[0]).await.into_iter().collect();
+    assert_eq!(all, steps.iter().cloned().collect());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -757,9 +865,7 @@ async fn sqs_send_to_a_missing_queue_is_an_error() {
         format!("{}/123456789012/no-such-queue", moto.endpoint()),
     );
     let err = queue
-        .send(&JobMessage {
-            job_id: new_job_id(),
-        })
+        .send(&JobMessage::start(new_job_id()))
         .await
         .unwrap_err();
     assert!(

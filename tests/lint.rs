@@ -175,8 +175,10 @@ fn download_image_pins_scdl_like_requirements() {
 }
 
 /// Parses an HCL file with python-hcl2 and, beside it, reads template.yaml's IAM statements:
-/// prints `{"resource": {"TYPE.NAME": body}, "data": {...}, "locals": {...}, "comments": [...],
-/// "template": {"FUNCTION": {"SID": [actions]}}}` with the strings' HCL quotes removed.
+/// prints `{"resource": {"TYPE.NAME": body}, "data": {...}, "locals": {...}, "variable":
+/// {"NAME": body}, "comments": [...], "template": {"FUNCTION": {"SID": [actions]}},
+/// "cfn": template.yaml}` with the strings' HCL quotes removed. In `cfn` a tagged scalar is the
+/// string `"!Tag value"` (`"!Ref TrackWorkersMaxConcurrency"`), other tagged nodes are null.
 const HCL_SUMMARY: &str = r#"
 import json, sys
 import hcl2, yaml
@@ -193,7 +195,7 @@ def norm(v):
 
 with open(sys.argv[1]) as f:
     doc = hcl2.load(f)
-out = {"resource": {}, "data": {}, "locals": {}, "template": {},
+out = {"resource": {}, "data": {}, "locals": {}, "variable": {}, "template": {},
        "comments": [c["value"] for c in doc.get("__comments__", [])]}
 for kind in ("resource", "data"):
     for block in doc.get(kind, []):
@@ -202,10 +204,17 @@ for kind in ("resource", "data"):
                 out[kind][unquote(kind_type) + "." + unquote(name)] = norm(body)
 for block in doc.get("locals", []):
     out["locals"].update(norm(block))
+for block in doc.get("variable", []):
+    for name, body in block.items():
+        out["variable"][unquote(name)] = norm(body)
 
 class Loader(yaml.SafeLoader):
     pass
-Loader.add_multi_constructor("!", lambda loader, tag, node: None)
+def tagged(loader, tag, node):
+    if isinstance(node, yaml.ScalarNode):
+        return "!" + tag + " " + loader.construct_scalar(node)
+    return None
+Loader.add_multi_constructor("!", tagged)
 with open(sys.argv[2]) as f:
     template = yaml.load(f, Loader=Loader)
 for name, res in template["Resources"].items():
@@ -213,7 +222,8 @@ for name, res in template["Resources"].items():
         for st in policy.get("Statement", []):
             actions = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
             out["template"].setdefault(name, {})[st["Sid"]] = actions
-print(json.dumps(out))
+out["cfn"] = template
+print(json.dumps(out, default=str))
 "#;
 
 fn hcl_summary(path: &str) -> serde_json::Value {
@@ -235,6 +245,96 @@ fn hcl_summary(path: &str) -> serde_json::Value {
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_slice(&output.stdout).expect("the summary is JSON")
+}
+
+/// template.yaml as JSON, a tagged scalar as the string `"!Tag value"` (other tagged nodes null).
+const TEMPLATE_JSON: &str = r#"
+import json, sys
+import yaml
+
+class Loader(yaml.SafeLoader):
+    pass
+def tagged(loader, tag, node):
+    if isinstance(node, yaml.ScalarNode):
+        return "!" + tag + " " + loader.construct_scalar(node)
+    return None
+Loader.add_multi_constructor("!", tagged)
+with open(sys.argv[1]) as f:
+    print(json.dumps(yaml.load(f, Loader=Loader), default=str))
+"#;
+
+fn template_json() -> serde_json::Value {
+    let python = tools_bin().join("python");
+    assert!(
+        python.is_file(),
+        "{} is missing: install the test tools with `scripts/setup.sh --test`",
+        python.display()
+    );
+    let output = Command::new(&python)
+        .args(["-c", TEMPLATE_JSON, "template.yaml"])
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+    assert!(
+        output.status.success(),
+        "could not read template.yaml with PyYAML:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("template.yaml as JSON")
+}
+
+/// SoundCloud-facing concurrency is bounded by the track queue's event source mapping
+/// (`ScalingConfig.MaximumConcurrency`), never by reserved concurrency, which takes from the
+/// account's unreserved pool and fails to deploy on accounts with a low concurrency quota.
+#[test]
+fn template_bounds_track_fetches_by_the_mapping_not_reserved_concurrency() {
+    use serde_json::json;
+    let template = template_json();
+    let resources = template["Resources"].as_object().expect("Resources");
+    let worker = &resources["JobsWorkerFunction"]["Properties"];
+    let tracks = &worker["Events"]["Tracks"];
+    assert_eq!(tracks["Type"], "SQS", "JobsWorkerFunction's Tracks event");
+    assert_eq!(
+        tracks["Properties"],
+        json!({
+            "Queue": "!GetAtt TrackQueue.Arn",
+            "BatchSize": 1,
+            "FunctionResponseTypes": ["ReportBatchItemFailures"],
+            "ScalingConfig": {"MaximumConcurrency": "!Ref TrackWorkersMaxConcurrency"},
+        })
+    );
+    assert_eq!(
+        worker["Environment"]["Variables"]["TRACK_QUEUE_URL"],
+        "!Ref TrackQueue"
+    );
+    let parameter = &template["Parameters"]["TrackWorkersMaxConcurrency"];
+    assert_eq!(
+        (
+            &parameter["Type"],
+            &parameter["Default"],
+            &parameter["MinValue"],
+            &parameter["MaxValue"]
+        ),
+        (&json!("Number"), &json!(20), &json!(2), &json!(1000))
+    );
+    for (name, resource) in resources {
+        let kind = resource["Type"].as_str().unwrap_or_default();
+        if kind == "AWS::Serverless::Function" || kind == "AWS::Lambda::Function" {
+            assert!(
+                resource["Properties"]
+                    .get("ReservedConcurrentExecutions")
+                    .is_none(),
+                "{name} sets ReservedConcurrentExecutions: bound SoundCloud fetches with the \
+                 track mapping's MaximumConcurrency instead"
+            );
+        }
+    }
+    assert!(
+        template["Globals"]["Function"]
+            .get("ReservedConcurrentExecutions")
+            .is_none(),
+        "Globals.Function sets ReservedConcurrentExecutions"
+    );
 }
 
 /// The statements of an `aws_iam_policy_document`: Sid → actions, sorted.
@@ -325,6 +425,31 @@ fn terraform_jobs_addon_parses_and_matches_the_template() {
         "{redrive}"
     );
     resource("aws_sqs_queue.jobs_dlq");
+    // The track queue: the same visibility and dead-letter queue as the jobs queue.
+    assert_eq!(6 * timeout, after("  TrackQueue:", "VisibilityTimeout: "));
+    let tracks = resource("aws_sqs_queue.tracks");
+    assert_eq!(
+        tracks["visibility_timeout_seconds"],
+        "${6 * local.jobs_worker_timeout}"
+    );
+    let redrive = tracks["redrive_policy"].as_str().unwrap();
+    assert!(
+        redrive.contains("deadLetterTargetArn = aws_sqs_queue.jobs_dlq.arn")
+            && redrive.contains("maxReceiveCount = 3"),
+        "{redrive}"
+    );
+    assert_eq!(
+        tracks["sqs_managed_sse_enabled"], queue["sqs_managed_sse_enabled"],
+        "aws_sqs_queue.tracks is encrypted like aws_sqs_queue.jobs"
+    );
+    let cfn = &doc["cfn"]["Resources"];
+    for name in ["JobsQueue", "TrackQueue"] {
+        assert_eq!(
+            cfn[name]["Properties"]["RedrivePolicy"],
+            json!({"deadLetterTargetArn": "!GetAtt JobsDeadLetterQueue.Arn", "maxReceiveCount": 3}),
+            "template.yaml's {name} redrives to JobsDeadLetterQueue after 3 receives"
+        );
+    }
 
     // The worker: the download image, command jobs-worker, its environment.
     let worker = resource("aws_lambda_function.jobs_worker");
@@ -342,6 +467,7 @@ fn terraform_jobs_addon_parses_and_matches_the_template() {
         "S3_DOWNLOAD_BUCKET_NAME = aws_s3_bucket.downloads.id",
         "JOBS_TABLE = aws_dynamodb_table.jobs.name",
         "JOBS_QUEUE_URL = aws_sqs_queue.jobs.url",
+        "TRACK_QUEUE_URL = aws_sqs_queue.tracks.url",
         "JOBS_DLQ_ARN = aws_sqs_queue.jobs_dlq.arn",
     ] {
         assert!(
@@ -350,8 +476,12 @@ fn terraform_jobs_addon_parses_and_matches_the_template() {
         );
     }
 
-    // Both queues feed the worker one record at a time, reporting failures per record.
-    for (mapping, queue) in [("jobs", "jobs"), ("jobs_dlq", "jobs_dlq")] {
+    // The three queues feed the worker one record at a time, reporting failures per record.
+    for (mapping, queue) in [
+        ("jobs", "jobs"),
+        ("tracks", "tracks"),
+        ("jobs_dlq", "jobs_dlq"),
+    ] {
         let esm = resource(&format!("aws_lambda_event_source_mapping.{mapping}"));
         assert_eq!(
             esm["event_source_arn"],
@@ -367,6 +497,29 @@ fn terraform_jobs_addon_parses_and_matches_the_template() {
             json!(["ReportBatchItemFailures"])
         );
     }
+
+    // SoundCloud-facing concurrency: the track mapping's maximum concurrency, a variable whose
+    // default is the template parameter's (never reserved concurrency, see below).
+    let scaling = &resource("aws_lambda_event_source_mapping.tracks")["scaling_config"];
+    assert_eq!(
+        scaling,
+        &json!([{"maximum_concurrency": "${var.track_workers_max_concurrency}"}])
+    );
+    let variable = &doc["variable"]["track_workers_max_concurrency"];
+    assert_eq!(
+        (&variable["type"], &variable["default"]),
+        (&json!("number"), &json!(20)),
+        "variable.track_workers_max_concurrency: {variable}"
+    );
+    let parameter = &doc["cfn"]["Parameters"]["TrackWorkersMaxConcurrency"];
+    assert_eq!(
+        variable["default"], parameter["Default"],
+        "the variable's default is template.yaml's TrackWorkersMaxConcurrency Default"
+    );
+    assert_eq!(
+        (&parameter["MinValue"], &parameter["MaxValue"]),
+        (&json!(2), &json!(1000))
+    );
 
     // IAM: the same statements (Sid and actions) as template.yaml's. The worker may add only
     // what the Terraform setting needs beyond SAM: the SQS consumer rights SAM adds by itself,
@@ -404,7 +557,7 @@ fn terraform_jobs_addon_parses_and_matches_the_template() {
         "DeleteJobTracks",
         "ListJobTracks",
         "RunJobs",
-        "HandBackJobs",
+        "QueueSteps",
     ];
     for (sid, actions) in template_sids("JobsWorkerFunction", &shared) {
         assert_eq!(

@@ -15,10 +15,22 @@
 # functions, its image_uri is left to the deploy workflow, which updates xomcloud-jobs-worker
 # with every image it pushes to the download repository.
 
+# template.yaml's TrackWorkersMaxConcurrency.
+variable "track_workers_max_concurrency" {
+  description = "Maximum concurrency of the track queue's event source mapping: how many tracks are fetched from SoundCloud at once across all jobs (2 to 1000). A bound on the mapping, not reserved concurrency, which fails on accounts with a low concurrency quota."
+  type        = number
+  default     = 20
+
+  validation {
+    condition     = var.track_workers_max_concurrency >= 2 && var.track_workers_max_concurrency <= 1000
+    error_message = "track_workers_max_concurrency must be between 2 and 1000 (the limits of an SQS event source mapping's maximum concurrency)."
+  }
+}
+
 locals {
-  # The worker's timeout, which also sets the queue's visibility timeout (AWS's guidance for SQS
+  # The worker's timeout, which also sets the queues' visibility timeout (AWS's guidance for SQS
   # event sources: six times the function's timeout). A local, not a reference, because the
-  # worker's environment refers to the queue.
+  # worker's environment refers to the queues.
   jobs_worker_timeout = 900
 
   # The jobs API reads an Idempotency-Key header; browsers must be allowed to send it.
@@ -86,10 +98,12 @@ resource "aws_dynamodb_table" "jobs" {
 }
 
 #######################################
-# The queue of jobs and its dead-letter queue
+# The queue of job steps, the queue of tracks and their dead-letter queue
 #######################################
 
-# Someone reads this: the worker marks each dead job failed, with a reason for its caller.
+# Someone reads this: it receives from both the jobs queue and the track queue, and the worker
+# marks each dead track failed (a dead start or assemble step: its job), with a reason for its
+# caller.
 resource "aws_sqs_queue" "jobs_dlq" {
   name                      = "${var.app_name}-jobs-dlq"
   message_retention_seconds = 1209600
@@ -109,6 +123,20 @@ resource "aws_sqs_queue" "jobs" {
   })
 }
 
+# One message per track of a job: the worker fetches one track per invocation, as many at once as
+# var.track_workers_max_concurrency allows.
+resource "aws_sqs_queue" "tracks" {
+  name                       = "${var.app_name}-tracks"
+  visibility_timeout_seconds = 6 * local.jobs_worker_timeout
+  sqs_managed_sse_enabled    = true
+  tags                       = merge(local.standard_tags, tomap({ "name" = "${var.app_name}-tracks" }))
+
+  redrive_policy = jsonencode({
+    deadLetterTargetArn = aws_sqs_queue.jobs_dlq.arn
+    maxReceiveCount     = 3
+  })
+}
+
 #######################################
 # The jobs worker: the download image, command `jobs-worker`
 #######################################
@@ -121,7 +149,7 @@ resource "aws_cloudwatch_log_group" "jobs_worker" {
 
 resource "aws_lambda_function" "jobs_worker" {
   function_name = "${var.app_name}-jobs-worker"
-  description   = "Runs download jobs from SQS: fetches each track with scdl into the shared track cache (.cache/tracks/), zips them to S3."
+  description   = "Runs download jobs step by step from SQS: resolves links, fetches one track per message with scdl into the shared track cache (.cache/tracks/), zips them to S3."
   package_type  = "Image"
   architectures = ["x86_64"]
   image_uri     = "${aws_ecr_repository.download_tracks.repository_url}:latest"
@@ -139,6 +167,7 @@ resource "aws_lambda_function" "jobs_worker" {
       S3_DOWNLOAD_BUCKET_NAME = aws_s3_bucket.downloads.id
       JOBS_TABLE              = aws_dynamodb_table.jobs.name
       JOBS_QUEUE_URL          = aws_sqs_queue.jobs.url
+      TRACK_QUEUE_URL         = aws_sqs_queue.tracks.url
       JOBS_DLQ_ARN            = aws_sqs_queue.jobs_dlq.arn
     })
   }
@@ -170,7 +199,7 @@ resource "aws_lambda_function" "jobs_worker" {
   ]
 }
 
-# One job per invocation; a failed record goes back to the queue alone.
+# One job step (start, assemble) per invocation; a failed record goes back to the queue alone.
 resource "aws_lambda_event_source_mapping" "jobs" {
   event_source_arn        = aws_sqs_queue.jobs.arn
   function_name           = aws_lambda_function.jobs_worker.arn
@@ -178,7 +207,21 @@ resource "aws_lambda_event_source_mapping" "jobs" {
   function_response_types = ["ReportBatchItemFailures"]
 }
 
-# Messages that failed maxReceiveCount times: the worker marks their jobs failed.
+# One track per invocation; maximum_concurrency bounds the fetches from SoundCloud (not reserved
+# concurrency, which fails on accounts with a low concurrency quota).
+resource "aws_lambda_event_source_mapping" "tracks" {
+  event_source_arn        = aws_sqs_queue.tracks.arn
+  function_name           = aws_lambda_function.jobs_worker.arn
+  batch_size              = 1
+  function_response_types = ["ReportBatchItemFailures"]
+
+  scaling_config {
+    maximum_concurrency = var.track_workers_max_concurrency
+  }
+}
+
+# Messages that failed maxReceiveCount times on either queue: the worker marks their tracks (or
+# jobs) failed.
 resource "aws_lambda_event_source_mapping" "jobs_dlq" {
   event_source_arn        = aws_sqs_queue.jobs_dlq.arn
   function_name           = aws_lambda_function.jobs_worker.arn
@@ -272,6 +315,10 @@ data "aws_iam_policy_document" "jobs_worker_policy" {
       values   = ["jobs/*"]
     }
   }
+  # UpdateItem also gives a finished job's place back to its caller's count; PutItem and
+  # DeleteItem take and give back a track's lease (lease#… items) in the cache. BatchWriteItem:
+  # resolution rewrites the job's track items; settling a track is an UpdateItem ADD on the job
+  # item's counter.
   statement {
     sid    = "RunJobs"
     effect = "Allow"
@@ -280,16 +327,21 @@ data "aws_iam_policy_document" "jobs_worker_policy" {
       "dynamodb:UpdateItem",
       "dynamodb:Query",
       "dynamodb:PutItem",
-      "dynamodb:DeleteItem"
+      "dynamodb:DeleteItem",
+      "dynamodb:BatchWriteItem"
     ]
     resources = [aws_dynamodb_table.jobs.arn]
   }
-  # A run short of time puts its job back on the queue.
+  # The start step sends the track steps (SendMessageBatch), the last track settled the assemble
+  # step, and a track short of time sends itself again.
   statement {
-    sid       = "HandBackJobs"
-    effect    = "Allow"
-    actions   = ["sqs:SendMessage"]
-    resources = [aws_sqs_queue.jobs.arn]
+    sid     = "QueueSteps"
+    effect  = "Allow"
+    actions = ["sqs:SendMessage"]
+    resources = [
+      aws_sqs_queue.jobs.arn,
+      aws_sqs_queue.tracks.arn
+    ]
   }
   # What the event source mappings need (SAM adds the same for its SQS events).
   statement {
@@ -302,6 +354,7 @@ data "aws_iam_policy_document" "jobs_worker_policy" {
     ]
     resources = [
       aws_sqs_queue.jobs.arn,
+      aws_sqs_queue.tracks.arn,
       aws_sqs_queue.jobs_dlq.arn
     ]
   }

@@ -15,8 +15,9 @@ pub const SECRET_KEY: &str = "test";
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// moto's server with one request at a time: moto reads, checks and writes an item in separate
-/// steps, so concurrent conditional writes can all pass; DynamoDB applies each atomically.
+/// moto's server with one DynamoDB request at a time: moto reads, checks and writes an item in
+/// separate steps, so concurrent conditional writes (or two `ADD`s) can all pass or lose one;
+/// DynamoDB applies each atomically. Other services (SQS long polls) run alongside.
 const SERIALIZED_SERVER: &str = r#"
 import sys, threading
 from werkzeug.serving import run_simple
@@ -25,6 +26,8 @@ from moto.moto_server.werkzeug_app import (
 app = DomainDispatcherApplication(create_backend_app)
 lock = threading.Lock()
 def one_at_a_time(environ, start_response):
+    if not environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB"):
+        return app(environ, start_response)
     with lock:
         return list(app(environ, start_response))
 run_simple(sys.argv[1], int(sys.argv[2]), one_at_a_time, threaded=True,
@@ -44,8 +47,8 @@ impl Moto {
         Self::start_with(false)
     }
 
-    /// A moto that handles one request at a time, for tests of concurrent conditional writes
-    /// (not for SQS long polls, which would hold everything else up).
+    /// A moto that handles one DynamoDB request at a time, for tests of concurrent conditional
+    /// writes and counters.
     pub fn start_atomic() -> Self {
         Self::start_with(true)
     }

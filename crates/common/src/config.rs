@@ -242,8 +242,9 @@ pub struct Settings {
     pub max_job_tracks: usize,
     /// How long job records live (`JOB_TTL_HOURS`, at most the zips' one-day lifecycle).
     pub job_ttl: Duration,
-    /// Jobs `xomcloud serve` runs at once (each `concurrency` tracks at a time).
-    pub job_workers: usize,
+    /// `TRACK_QUEUE_URL`: the SQS queue of the jobs' track steps (AWS; else they share
+    /// `JOBS_QUEUE_URL`). Its event source mapping's maximum concurrency bounds the fetches.
+    pub track_queue_url: Option<String>,
     /// The pause before a track that failed for a passing reason is tried once more.
     pub track_retry_pause: Duration,
     /// How long a fetched track stays in the shared track cache (`TRACK_CACHE_DAYS`): the
@@ -344,7 +345,7 @@ impl Settings {
                     })
                 }
             },
-            job_workers: number("JOB_WORKERS", 1, 1)? as usize,
+            track_queue_url: text("TRACK_QUEUE_URL"),
             track_retry_pause: Duration::from_secs(number("TRACK_RETRY_PAUSE_SECONDS", 5, 0)?),
             track_cache: Duration::from_secs(
                 number("TRACK_CACHE_DAYS", 7, 1)?.saturating_mul(86_400),
@@ -430,7 +431,8 @@ mod tests {
         );
         assert_eq!(s.soundcloud_token_timeout, Duration::from_secs(10));
         assert!(!s.jwt_require_exp);
-        assert_eq!((s.max_job_tracks, s.job_workers), (200, 1));
+        assert_eq!(s.max_job_tracks, 200);
+        assert!(s.track_queue_url.is_none());
         assert_eq!(s.job_ttl, Duration::from_secs(24 * 3600));
         assert_eq!(s.track_cache, Duration::from_secs(7 * 86_400));
         assert!(s.jobs_table.is_none() && s.jobs_queue_url.is_none());

@@ -1,6 +1,6 @@
 //! Builds the Lambda functions' parts from the settings, once per cold start: S3 storage,
 //! secrets (env → SSM), and, when `JOBS_TABLE` and `JOBS_QUEUE_URL` are set, the DynamoDB job
-//! store and the SQS queue. The per-caller rate limits keep their buckets in `JOBS_TABLE`:
+//! store and the SQS queues (track steps on `TRACK_QUEUE_URL` when set). The per-caller rate limits keep their buckets in `JOBS_TABLE`:
 //! without it they are off (the stage's throttling still applies).
 
 use std::sync::Arc;
@@ -56,7 +56,9 @@ pub async fn aws() -> Result<Aws, ConfigError> {
                 DynamoStore::from_sdk(&sdk, table)
                     .with_active_limit(settings.max_active_jobs_per_caller),
             ) as Arc<dyn JobStore>,
-            Arc::new(SqsQueue::from_sdk(&sdk, queue)) as Arc<dyn JobQueue>,
+            Arc::new(
+                SqsQueue::from_sdk(&sdk, queue).with_track_queue(settings.track_queue_url.clone()),
+            ) as Arc<dyn JobQueue>,
         )),
         _ => None,
     };

@@ -11,5 +11,5 @@ pub use model::{
     is_job_id, new_job_id, Job, JobStatus, Outcome, TrackRecord, TrackSpec, TrackState,
     TrackUpdate, JOB_ID_LEN,
 };
-pub use queue::{parse_message, JobMessage, JobQueue, LocalQueue, QueueError, SqsQueue};
-pub use store::{Created, DynamoStore, JobStore, SqliteStore, StoreError};
+pub use queue::{parse_message, JobMessage, JobQueue, LocalQueue, QueueError, SqsQueue, Step};
+pub use store::{Created, DynamoStore, JobStore, Settled, SqliteStore, StoreError};

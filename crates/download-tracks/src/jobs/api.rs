@@ -174,9 +174,7 @@ impl JobsApi {
         let existing;
         let job = match created {
             Created::New => {
-                let message = JobMessage {
-                    job_id: job.id.clone(),
-                };
+                let message = JobMessage::start(&job.id);
                 if let Err(e) = self.queue.send(&message).await {
                     let outcome = Outcome {
                         error: Some("The job could not be queued".into()),

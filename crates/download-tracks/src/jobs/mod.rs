@@ -1,13 +1,15 @@
-//! Download jobs: the HTTP side (`api`), the work (`runner`) and the SQS-triggered Lambda
-//! (`worker`). The store and the queue are ports of `xomcloud-jobs`.
+//! Download jobs: the HTTP side (`api`), the steps of the work (`runner`, one track: `track`)
+//! and the SQS-triggered Lambda (`worker`). The store and the queue are ports of
+//! `xomcloud-jobs`.
 
 pub mod api;
 pub mod cache;
 pub mod runner;
+mod track;
 pub mod worker;
 
 pub use api::{JobsApi, JobsRequest};
-pub use runner::{JobRunner, RunOutcome};
+pub use runner::{JobRunner, RunError};
 
 use xomcloud_jobs::model::TrackSpec;
 

@@ -1,30 +1,34 @@
-//! Runs one download job: resolves its links first (a set becomes its tracks, a bare link gets its
-//! title and artist: `resolve.rs`), then settles its unsettled tracks (`concurrency` at a time):
-//! a track already in the shared cache (`cache.rs`) is taken as it is, another is fetched under a
-//! lease on its cache key (or waited for, when another job holds the lease) and stored there with
-//! its size and CRC-32. Every track's state is recorded as it changes; then the cached objects
-//! are streamed in request order into the STORED zip and the job is marked done. Safe to run
-//! again on the same job (a redelivered message, a restart): settled tracks are skipped and a
-//! finished job is left alone.
+//! Runs a download job as small steps, each one queue message (`xomcloud_jobs::queue`):
+//!
+//! - **start**: claims the job, resolves its links (a set becomes its tracks, a bare link gets
+//!   its title and artist: `resolve.rs`), then asks for one track step per unsettled track;
+//! - **track**: settles one track (`track.rs`: from the shared cache, or fetched into it) and
+//!   counts it; the step that settles the last track asks for the assemble step;
+//! - **assemble**: streams the cached tracks in request order into the STORED zip and marks the
+//!   job done (or failed when no track was fetched).
+//!
+//! Every step is safe to run again (a redelivered message, a restart): a final job is left
+//! alone, a settled track is not fetched or counted again, and of two assemblies only the one
+//! that marks the job done keeps its zip.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tokio::time::Instant;
-use xomcloud_common::storage::{ObjectMeta, PartWriter, Storage, StorageError, MIN_PART_SIZE};
-use xomcloud_jobs::model::{unix_now, Job, JobStatus, Outcome, TrackSpec, TrackState, TrackUpdate};
-use xomcloud_jobs::store::{JobStore, StoreError};
+use xomcloud_common::storage::{PartWriter, Storage, StorageError, MIN_PART_SIZE};
+use xomcloud_jobs::model::{Job, JobStatus, Outcome, TrackSpec, TrackState, TrackUpdate};
+use xomcloud_jobs::queue::{JobMessage, Step};
+use xomcloud_jobs::store::{JobStore, Settled, StoreError};
 
 use crate::jobs::cache::{cache_object, soundcloud_key, track_key};
+use crate::jobs::track::TrackWork;
 use crate::naming::assign_names;
 use crate::pipeline::object_key;
 use crate::resolve::{resolve_keyed, Lookup};
-use crate::scdl::{FetchError, TrackFetcher};
+use crate::scdl::TrackFetcher;
 use crate::validate::Track;
-use crate::zip_stream::{Checked, ZipStream};
+use crate::zip_stream::ZipStream;
 
 /// Where a job kept its finished tracks before the shared cache (what a job of an older build
 /// left there is removed with the job).
@@ -32,11 +36,11 @@ pub fn track_prefix(job_id: &str) -> String {
     format!("jobs/{job_id}/")
 }
 
-/// A run's temp dir, named after the job: a run after a crash removes what the crashed one
-/// left, and every run removes its own when it ends.
-struct JobTemp(PathBuf);
+/// A track step's temp dir, named after the job and the track: a step after a crash removes
+/// what the crashed one left, and every step removes its own when it ends.
+pub(crate) struct StepTemp(PathBuf);
 
-impl JobTemp {
+impl StepTemp {
     fn create(path: PathBuf) -> std::io::Result<Self> {
         match std::fs::remove_dir_all(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -46,26 +50,17 @@ impl JobTemp {
         Ok(Self(path))
     }
 
-    fn path(&self) -> &std::path::Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
 
-impl Drop for JobTemp {
+impl Drop for StepTemp {
     fn drop(&mut self) {
         if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            tracing::warn!(error = %e, "could not remove a job's temp dir");
+            tracing::warn!(error = %e, "could not remove a track's temp dir");
         }
     }
-}
-
-/// How a run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RunOutcome {
-    /// The job is final (done, failed, cancelled), or was already, or is gone.
-    Settled(Option<JobStatus>),
-    /// Time ran short: tracks are left; run the job again (the next run skips stored tracks).
-    HandBack,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,11 +73,16 @@ pub enum RunError {
     Other(String),
 }
 
+/// The per-track error of a track whose message ended in the dead-letter queue.
+pub const TRACK_DEAD_LETTER_ERROR: &str =
+    "This track could not be downloaded: its worker failed repeatedly";
+
 pub struct JobRunner {
     pub store: Arc<dyn JobStore>,
     pub storage: Arc<dyn Storage>,
+    /// Zip parts in flight at once while assembling.
     pub concurrency: usize,
-    /// Each fetch's own limit: a run does not start a track it could not finish.
+    /// Each fetch's own limit: a step does not start a track it could not finish.
     pub track_timeout: Duration,
     pub retry_pause: Duration,
     /// How often a running job's status is read, to see a cancellation.
@@ -91,18 +91,6 @@ pub struct JobRunner {
     pub part_size: usize,
     /// `MAX_JOB_TRACKS`: a job whose sets expand past it fails.
     pub max_tracks: usize,
-}
-
-/// The reasons worth one more try: SoundCloud's rate limit, the network, a broken stream, a
-/// timeout.
-fn is_passing(reason: &FetchError) -> bool {
-    matches!(
-        reason,
-        FetchError::RateLimited
-            | FetchError::Unreachable
-            | FetchError::StreamFailed
-            | FetchError::TimedOut(_)
-    )
 }
 
 impl JobRunner {
@@ -126,21 +114,41 @@ impl JobRunner {
         }
     }
 
-    /// Runs `job_id` until it is final, or until `deadline` leaves no room for one more track.
-    pub async fn run(
+    /// Runs one step; the messages to send next (none, the track steps, the assemble step, or
+    /// this track step again when `deadline` leaves too little time for it).
+    pub async fn step(
         &self,
-        job_id: &str,
+        message: &JobMessage,
         fetcher: Arc<dyn TrackFetcher>,
         lookup: &dyn Lookup,
         deadline: Option<Instant>,
-    ) -> Result<RunOutcome, RunError> {
+    ) -> Result<Vec<JobMessage>, RunError> {
+        let id = &message.job_id;
+        match message.step {
+            Step::Start => self.start(id, lookup).await,
+            Step::Track(index) => self.track(id, index, fetcher, deadline).await,
+            Step::Assemble => {
+                let status = self.assemble(id).await?;
+                tracing::info!(job = %id, status = ?status, "assembly finished");
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Claims the job and resolves its links; one track step per unsettled track (the assemble
+    /// step when none is left: a start repeated after the last track settled).
+    pub async fn start(
+        &self,
+        job_id: &str,
+        lookup: &dyn Lookup,
+    ) -> Result<Vec<JobMessage>, RunError> {
         let Some(job) = self.store.get(job_id).await? else {
             tracing::warn!(job = job_id, "no such job");
-            return Ok(RunOutcome::Settled(None));
+            return Ok(Vec::new());
         };
         if job.status.is_final() {
             tracing::info!(job = job_id, status = job.status.as_str(), "already final");
-            return Ok(RunOutcome::Settled(Some(job.status)));
+            return Ok(Vec::new());
         }
         let claimed = self
             .store
@@ -152,53 +160,39 @@ impl JobRunner {
             )
             .await?;
         if !claimed {
-            return Ok(RunOutcome::Settled(self.store.status(job_id).await?));
+            return Ok(Vec::new());
         }
-        let job = match self.resolve_links(job, lookup).await? {
-            Ok(job) => job,
-            Err(ended) => return Ok(ended),
+        let Some(job) = self.resolve_links(job, lookup).await? else {
+            return Ok(Vec::new());
         };
-        let temp = JobTemp::create(self.temp_root.join(format!("xomcloud-job-{job_id}")))
-            .map_err(|e| RunError::Other(format!("temp dir: {e}")))?;
-        let mut tasks = JoinSet::new();
-        let leases = Leases::default();
-        let fetched = tokio::select! {
-            result = self.fetch_all(&job, fetcher, temp.path().to_owned(), deadline, &leases, &mut tasks) => Some(result),
-            () = self.cancelled(job_id) => None,
-        };
-        // Whatever still runs is stopped and reaped (its process group killed) before the temp
-        // dir goes; the cache leases its tracks held are given back, so another job waiting for
-        // one of them takes it over at once rather than when the lease runs out.
-        tasks.shutdown().await;
-        drop(temp);
-        self.release_all(&leases).await;
-        match fetched {
-            None => return self.cancel_cleanup(job_id).await,
-            Some(Err(e)) => return Err(e),
-            Some(Ok(false)) => {
-                tracing::info!(job = job_id, "handing the job back: too little time left");
-                return Ok(RunOutcome::HandBack);
-            }
-            Some(Ok(true)) => {}
+        let pending: Vec<JobMessage> = job
+            .tracks
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.state.is_settled())
+            .map(|(i, _)| JobMessage::track(job_id, i))
+            .collect();
+        tracing::info!(job = job_id, tracks = pending.len(), "job started");
+        if pending.is_empty() {
+            return Ok(vec![JobMessage::assemble(job_id)]);
         }
-        self.assemble(job_id).await
+        Ok(pending)
     }
 
-    /// The job with its links resolved (stored), or how it ended instead: failed with the
-    /// reason in plain words, or cancelled meanwhile. A job whose entries are all complete
-    /// tracks (also a resolved job run again) starts no process.
-    async fn resolve_links(
-        &self,
-        job: Job,
-        lookup: &dyn Lookup,
-    ) -> Result<Result<Job, RunOutcome>, RunError> {
+    /// The job with its links resolved (stored), or None when it ended instead: failed with
+    /// the reason in plain words, or cancelled meanwhile. A job whose entries are all complete
+    /// tracks (also a resolved job started again) starts no process.
+    async fn resolve_links(&self, job: Job, lookup: &dyn Lookup) -> Result<Option<Job>, RunError> {
         let tracks: Vec<Track> = job.tracks.iter().map(|t| Track::from(&t.spec)).collect();
         if !tracks.iter().any(Track::needs_resolution) {
-            return Ok(Ok(job));
+            return Ok(Some(job));
         }
         let resolved = tokio::select! {
             resolved = resolve_keyed(tracks, self.max_tracks, lookup) => resolved,
-            () = self.cancelled(&job.id) => return self.cancel_cleanup(&job.id).await.map(Err),
+            () = self.cancelled(&job.id) => {
+                self.cancel_cleanup(&job.id).await?;
+                return Ok(None);
+            }
         };
         let specs: Vec<TrackSpec> = match resolved {
             // A track whose metadata SoundCloud gave is cached under SoundCloud's id of it.
@@ -212,16 +206,153 @@ impl JobRunner {
             Err(reason) => {
                 tracing::info!(job = %job.id, reason = %reason, "the job's links cannot be resolved");
                 self.fail(&job.id, &reason).await?;
-                return Ok(Err(RunOutcome::Settled(self.store.status(&job.id).await?)));
+                return Ok(None);
             }
         };
         tracing::info!(job = %job.id, from = job.tracks.len(), tracks = specs.len(), "links resolved");
         if !self.store.replace_tracks(&job.id, &specs).await? {
-            return Ok(Err(RunOutcome::Settled(self.store.status(&job.id).await?)));
+            return Ok(None);
         }
-        match self.store.get(&job.id).await? {
-            Some(job) => Ok(Ok(job)),
-            None => Ok(Err(RunOutcome::Settled(None))),
+        Ok(self.store.get(&job.id).await?)
+    }
+
+    /// Settles track `index` of a running job and counts it; the assemble step when this
+    /// settled the last track. A track settled already is only counted (once: a worker may
+    /// have died between settling and counting); when every track is then settled, the
+    /// assemble step is asked for again, in case the worker that counted the last one died
+    /// before asking (a second assembly keeps nothing).
+    pub async fn track(
+        &self,
+        job_id: &str,
+        index: usize,
+        fetcher: Arc<dyn TrackFetcher>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<JobMessage>, RunError> {
+        let Some((status, record)) = self.store.track(job_id, index).await? else {
+            tracing::warn!(job = job_id, track = index, "no such job or track");
+            return Ok(Vec::new());
+        };
+        if status != JobStatus::Running {
+            // Cancelled, failed or done meanwhile (or a stray message for a queued job).
+            tracing::info!(
+                job = job_id,
+                track = index,
+                status = status.as_str(),
+                "track step skipped"
+            );
+            return Ok(Vec::new());
+        }
+        let settled = if record.state.is_settled() {
+            let update = TrackUpdate {
+                state: record.state,
+                error: record.error,
+                size: record.size,
+                crc32: record.crc32,
+                attempts: record.attempts,
+            };
+            self.store.settle_track(job_id, index, &update).await?
+        } else {
+            // A track started now must be able to finish, retry included, with time to spare.
+            let needed = self.track_timeout * 3 + self.retry_pause;
+            if deadline.is_some_and(|d| d.saturating_duration_since(Instant::now()) < needed) {
+                tracing::info!(
+                    job = job_id,
+                    track = index,
+                    "handing the track back: too little time left"
+                );
+                return Ok(vec![JobMessage::track(job_id, index)]);
+            }
+            let Some(update) = self
+                .fetch_track(job_id, index, &record.spec, fetcher)
+                .await?
+            else {
+                return Ok(Vec::new());
+            };
+            tracing::info!(job = job_id, track = index, state = ?update.state, "track settled");
+            self.store.settle_track(job_id, index, &update).await?
+        };
+        Ok(self.after_settling(job_id, &settled))
+    }
+
+    fn after_settling(&self, job_id: &str, settled: &Settled) -> Vec<JobMessage> {
+        let assemble = settled.was_last() || (!settled.counted && settled.all());
+        if assemble && settled.status == JobStatus::Running {
+            vec![JobMessage::assemble(job_id)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The track's settled state, fetched (or taken from the cache) in its own temp dir; None
+    /// when the job was cancelled meanwhile (the process group killed, the lease given back).
+    async fn fetch_track(
+        &self,
+        job_id: &str,
+        index: usize,
+        spec: &TrackSpec,
+        fetcher: Arc<dyn TrackFetcher>,
+    ) -> Result<Option<TrackUpdate>, RunError> {
+        let temp = StepTemp::create(
+            self.temp_root
+                .join(format!("xomcloud-job-{job_id}-{index}")),
+        )
+        .map_err(|e| RunError::Other(format!("temp dir: {e}")))?;
+        let work = TrackWork {
+            store: self.store.clone(),
+            storage: self.storage.clone(),
+            fetcher,
+            job_id: job_id.to_owned(),
+            index,
+            key: track_key(spec),
+            url: spec.url.clone(),
+            // The holder is the track, not the step: the step run again after a crash (serve
+            // restarted, a message redelivered) takes its own lease over at once.
+            holder: format!("{job_id}/{index}"),
+            dir: temp.path().join("fetch"),
+            retry_pause: self.retry_pause,
+            // The fetch, its retry and the store, with room to spare.
+            lease: self.track_timeout * 2 + self.retry_pause + Duration::from_secs(60),
+            poll_interval: self.poll_interval,
+        };
+        let (key, holder) = (work.key.clone(), work.holder.clone());
+        let update = tokio::select! {
+            update = work.run() => Some(update?),
+            () = self.cancelled(job_id) => None,
+        };
+        if update.is_none() {
+            // The fetch was dropped (its process group killed): give its lease back at once, so
+            // another job waiting for the track takes it over now rather than when it expires.
+            tracing::info!(job = job_id, track = index, "cancelled");
+            if let Err(e) = self.store.release_lease(&key, &holder).await {
+                tracing::warn!(error = %e, "cannot release a track lease (it expires)");
+            }
+        }
+        drop(temp);
+        Ok(update)
+    }
+
+    /// Settles a track whose message ended in the dead-letter queue as failed; the assemble
+    /// step when it was the last.
+    pub async fn bury_track(
+        &self,
+        job_id: &str,
+        index: usize,
+    ) -> Result<Vec<JobMessage>, RunError> {
+        let update = TrackUpdate {
+            state: TrackState::Failed,
+            error: Some(TRACK_DEAD_LETTER_ERROR.into()),
+            size: None,
+            crc32: None,
+            attempts: 0,
+        };
+        match self.store.settle_track(job_id, index, &update).await {
+            Ok(settled) => Ok(self.after_settling(job_id, &settled)),
+            // The job expired or never had that track: nothing to settle.
+            Err(e) if self.store.track(job_id, index).await?.is_none() => {
+                tracing::warn!(job = job_id, track = index, error = %e, "dead-lettered track of no job");
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -253,93 +384,37 @@ impl JobRunner {
         }
     }
 
-    async fn cancel_cleanup(&self, job_id: &str) -> Result<RunOutcome, RunError> {
+    async fn cancel_cleanup(&self, job_id: &str) -> Result<Option<JobStatus>, RunError> {
         tracing::info!(job = job_id, "cancelled");
         self.storage.delete_prefix(&track_prefix(job_id)).await?;
-        Ok(RunOutcome::Settled(Some(JobStatus::Cancelled)))
+        Ok(Some(JobStatus::Cancelled))
     }
 
-    /// Fetches and stores every unsettled track; false when the deadline stopped it early.
-    async fn fetch_all(
-        &self,
-        job: &Job,
-        fetcher: Arc<dyn TrackFetcher>,
-        temp: PathBuf,
-        deadline: Option<Instant>,
-        leases: &Leases,
-        tasks: &mut JoinSet<Result<(), RunError>>,
-    ) -> Result<bool, RunError> {
-        let slots = Arc::new(Semaphore::new(self.concurrency));
-        let mut complete = true;
-        let pending = job
-            .tracks
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| !t.state.is_settled())
-            .map(|(i, _)| i);
-        for index in pending {
-            let permit = slots
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("semaphore is never closed");
-            // A track started now must be able to finish, retry included, and leave about one
-            // more track timeout for the zip, before the deadline.
-            let needed = self.track_timeout * 3 + self.retry_pause;
-            if deadline.is_some_and(|d| d.saturating_duration_since(Instant::now()) < needed) {
-                complete = false;
-                break;
-            }
-            let spec = &job.tracks[index].spec;
-            let work = TrackWork {
-                store: self.store.clone(),
-                storage: self.storage.clone(),
-                fetcher: fetcher.clone(),
-                job_id: job.id.clone(),
-                index,
-                key: track_key(spec),
-                url: spec.url.clone(),
-                dir: temp.join(index.to_string()),
-                retry_pause: self.retry_pause,
-                // The fetch, its retry and the store, with room to spare.
-                lease: self.track_timeout * 2 + self.retry_pause + Duration::from_secs(60),
-                poll_interval: self.poll_interval,
-                leases: leases.clone(),
-            };
-            tasks.spawn(async move {
-                let result = work.run().await;
-                drop(permit);
-                result
-            });
-            // Surface a storage failure without waiting for every track.
-            while let Some(joined) = tasks.try_join_next() {
-                joined.map_err(|e| RunError::Other(format!("track task: {e}")))??;
-            }
+    /// Every track is settled: the zip of the cached ones in request order, or `failed` when
+    /// none was fetched. A job that is not running (done by an earlier assembly, cancelled) is
+    /// left alone, and so is one with unsettled tracks (the step that settles the last one asks
+    /// for assembly again). The job's status afterwards.
+    pub async fn assemble(&self, job_id: &str) -> Result<Option<JobStatus>, RunError> {
+        let Some(job) = self.store.get(job_id).await? else {
+            return Ok(None);
+        };
+        if job.status != JobStatus::Running {
+            tracing::info!(
+                job = job_id,
+                status = job.status.as_str(),
+                "nothing to assemble"
+            );
+            return Ok(Some(job.status));
         }
-        while let Some(joined) = tasks.join_next().await {
-            joined.map_err(|e| RunError::Other(format!("track task: {e}")))??;
+        let unsettled = job.tracks.iter().filter(|t| !t.state.is_settled()).count();
+        if unsettled > 0 {
+            tracing::warn!(
+                job = job_id,
+                unsettled,
+                "assembly asked for too early: left"
+            );
+            return Ok(Some(job.status));
         }
-        Ok(complete)
-    }
-
-    /// Gives back the leases of tracks that were stopped while holding one.
-    async fn release_all(&self, leases: &Leases) {
-        let held: Vec<(String, String)> = leases.0.lock().expect("leases lock").drain().collect();
-        for (key, holder) in held {
-            if let Err(e) = self.store.release_lease(&key, &holder).await {
-                tracing::warn!(error = %e, "cannot release a track lease (it expires)");
-            }
-        }
-    }
-
-    /// Every track is settled: the zip of the stored ones in request order, or `failed` when
-    /// none was fetched.
-    async fn assemble(&self, job_id: &str) -> Result<RunOutcome, RunError> {
-        let job = self
-            .store
-            .get(job_id)
-            .await?
-            .ok_or_else(|| RunError::Other("the job vanished".into()))?;
         let total = job.tracks.len();
         if job.done_count() == 0 {
             let outcome = Outcome {
@@ -350,7 +425,7 @@ impl JobRunner {
                 .transition(job_id, &[JobStatus::Running], JobStatus::Failed, &outcome)
                 .await?;
             self.storage.delete_prefix(&track_prefix(job_id)).await?;
-            return Ok(RunOutcome::Settled(Some(JobStatus::Failed)));
+            return Ok(self.store.status(job_id).await?);
         }
         let tracks: Vec<Track> = job.tracks.iter().map(|t| Track::from(&t.spec)).collect();
         let names = assign_names(&tracks);
@@ -374,12 +449,18 @@ impl JobRunner {
         sink.finish().await?;
         let outcome = Outcome {
             error: None,
-            zip_key: Some(key),
+            zip_key: Some(key.clone()),
         };
         let done = self
             .store
             .transition(job_id, &[JobStatus::Running], JobStatus::Done, &outcome)
             .await?;
+        if !done {
+            // Cancelled meanwhile, or another assembly finished first: this zip is no one's.
+            let dir = key.rsplit_once('/').map_or(key.as_str(), |(dir, _)| dir);
+            self.storage.delete_prefix(&format!("{dir}/")).await?;
+            return Ok(self.store.status(job_id).await?);
+        }
         self.storage.delete_prefix(&track_prefix(job_id)).await?;
         tracing::info!(
             job = job_id,
@@ -387,11 +468,7 @@ impl JobRunner {
             failed = job.failed_count(),
             "job finished"
         );
-        Ok(RunOutcome::Settled(Some(if done {
-            JobStatus::Done
-        } else {
-            JobStatus::Cancelled
-        })))
+        Ok(Some(JobStatus::Done))
     }
 
     async fn write_zip(
@@ -418,180 +495,4 @@ impl JobRunner {
         sink.write(&zip.finish()).await?;
         Ok(())
     }
-}
-
-/// The cache leases a run's tracks hold (key, holder), so a run that stops them gives them back.
-#[derive(Clone, Default)]
-struct Leases(Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>);
-
-impl Leases {
-    fn held(&self, key: &str, holder: &str, now: bool) {
-        let mut held = self.0.lock().expect("leases lock");
-        let entry = (key.to_owned(), holder.to_owned());
-        if now {
-            held.insert(entry);
-        } else {
-            held.remove(&entry);
-        }
-    }
-}
-
-/// One track of a job: from the cache, or fetched (one retry for a passing failure) under the
-/// cache key's lease and stored in the cache; recorded.
-struct TrackWork {
-    store: Arc<dyn JobStore>,
-    storage: Arc<dyn Storage>,
-    fetcher: Arc<dyn TrackFetcher>,
-    job_id: String,
-    index: usize,
-    url: String,
-    /// The track's cache key (`cache.rs`): SoundCloud's id or its URL's, never the client's id.
-    key: String,
-    dir: PathBuf,
-    retry_pause: Duration,
-    /// How long the lease on `key` is taken for.
-    lease: Duration,
-    /// How often a track another job is fetching is looked for in the cache.
-    poll_interval: Duration,
-    leases: Leases,
-}
-
-impl TrackWork {
-    async fn record(&self, update: TrackUpdate) -> Result<(), RunError> {
-        self.store
-            .update_track(&self.job_id, self.index, &update)
-            .await?;
-        Ok(())
-    }
-
-    fn done(meta: ObjectMeta, attempts: u32) -> TrackUpdate {
-        TrackUpdate {
-            state: TrackState::Done,
-            error: None,
-            size: Some(meta.size),
-            crc32: Some(meta.crc32),
-            attempts,
-        }
-    }
-
-    /// Cached: taken at once. Else fetched under the key's lease; while another job holds it,
-    /// the cache is looked at every `poll_interval` until the track is there (it fetched it), or
-    /// the lease is free (it failed, or died and the lease expired): then this job fetches it.
-    async fn run(self) -> Result<(), RunError> {
-        let object = cache_object(&self.key);
-        let holder = format!("{}/{}", self.job_id, self.index);
-        let mut waiting = false;
-        loop {
-            if let Some(meta) = self.storage.head(&object).await? {
-                tracing::info!(job = %self.job_id, track = self.index, "track from the cache");
-                return self.record(Self::done(meta, 0)).await;
-            }
-            let until = unix_now() + self.lease.as_secs();
-            if self.store.take_lease(&self.key, &holder, until).await? {
-                self.leases.held(&self.key, &holder, true);
-                // It may have been stored between the look and the lease.
-                let result = match self.storage.head(&object).await {
-                    Ok(Some(meta)) => self.record(Self::done(meta, 0)).await,
-                    Ok(None) => self.fetch(&object).await,
-                    Err(e) => Err(e.into()),
-                };
-                if let Err(e) = self.store.release_lease(&self.key, &holder).await {
-                    tracing::warn!(error = %e, "cannot release a track lease (it expires)");
-                }
-                self.leases.held(&self.key, &holder, false);
-                return result;
-            }
-            if !waiting {
-                waiting = true;
-                tracing::info!(job = %self.job_id, track = self.index, "another job is fetching the track: waiting");
-                self.record(TrackUpdate {
-                    state: TrackState::Downloading,
-                    error: None,
-                    size: None,
-                    crc32: None,
-                    attempts: 0,
-                })
-                .await?;
-            }
-            tokio::time::sleep(self.poll_interval).await;
-        }
-    }
-
-    async fn fetch(&self, object: &str) -> Result<(), RunError> {
-        let mut attempts = 0;
-        let result = loop {
-            attempts += 1;
-            self.record(TrackUpdate {
-                state: TrackState::Downloading,
-                error: None,
-                size: None,
-                crc32: None,
-                attempts,
-            })
-            .await?;
-            let _ = tokio::fs::remove_dir_all(&self.dir).await;
-            match self.fetcher.fetch(&self.url, &self.dir).await {
-                Err(reason) if attempts == 1 && is_passing(&reason) => {
-                    tracing::info!(job = %self.job_id, track = self.index, error = %reason, "retrying after a pause");
-                    tokio::time::sleep(self.retry_pause).await;
-                }
-                other => break other,
-            }
-        };
-        let update = match result {
-            Ok(path) => match self.store_file(path, object).await {
-                Ok(meta) => Self::done(meta, attempts),
-                Err(StoreFileError::Read(e)) => {
-                    tracing::warn!(job = %self.job_id, track = self.index, error = %e, "cannot read the fetched file");
-                    TrackUpdate {
-                        state: TrackState::Failed,
-                        error: Some(crate::pipeline::UNREADABLE.into()),
-                        size: None,
-                        crc32: None,
-                        attempts,
-                    }
-                }
-                Err(StoreFileError::Storage(e)) => {
-                    let _ = tokio::fs::remove_dir_all(&self.dir).await;
-                    return Err(e.into());
-                }
-            },
-            Err(reason) => TrackUpdate {
-                state: TrackState::Failed,
-                error: Some(reason.to_string()),
-                size: None,
-                crc32: None,
-                attempts,
-            },
-        };
-        if let Err(e) = tokio::fs::remove_dir_all(&self.dir).await {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(error = %e, "could not remove a track's temp dir");
-            }
-        }
-        tracing::info!(job = %self.job_id, track = self.index, state = ?update.state, "track settled");
-        self.record(update).await
-    }
-
-    /// Into the cache, whole or not at all (`put_file`).
-    async fn store_file(&self, path: PathBuf, object: &str) -> Result<ObjectMeta, StoreFileError> {
-        let checked = Checked::file(path.clone())
-            .await
-            .map_err(StoreFileError::Read)?;
-        let meta = ObjectMeta {
-            size: checked.size,
-            crc32: checked.crc,
-        };
-        drop(checked);
-        self.storage
-            .put_file(object, &path, meta)
-            .await
-            .map_err(StoreFileError::Storage)?;
-        Ok(meta)
-    }
-}
-
-enum StoreFileError {
-    Read(std::io::Error),
-    Storage(StorageError),
 }

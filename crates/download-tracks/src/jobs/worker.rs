@@ -1,14 +1,16 @@
-//! The jobs worker Lambda: SQS records (batch size 1, `ReportBatchItemFailures`) → runs. A run
-//! that runs short of time puts the job back on the queue; a record from the dead-letter queue
-//! marks its job failed; a failed run is reported so SQS delivers the message again.
+//! The jobs worker Lambda: SQS records (batch size 1, `ReportBatchItemFailures`) from the jobs
+//! queue (start and assemble steps) and the track queue (one track each) → steps; the messages a
+//! step asks for are sent before its record is acknowledged. A record from the dead-letter queue
+//! fails its job (a start or assemble step) or its track (a track step, counted like any other,
+//! so the job still finishes); a failed step is reported so SQS delivers the message again.
 
 use std::sync::Arc;
 
 use aws_lambda_events::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use tokio::time::Instant;
-use xomcloud_jobs::queue::{parse_message, JobQueue};
+use xomcloud_jobs::queue::{parse_message, JobMessage, JobQueue, Step};
 
-use crate::jobs::runner::{JobRunner, RunOutcome};
+use crate::jobs::runner::JobRunner;
 use crate::service::DownloadService;
 
 /// The job-level error of a job whose message ended in the dead-letter queue.
@@ -50,36 +52,38 @@ impl Worker {
         };
         let dead = self.dead_letter_arn.is_some()
             && record.event_source_arn.as_deref() == self.dead_letter_arn.as_deref();
-        if dead {
-            return self.bury(&message.job_id).await;
-        }
-        let fetcher = self.download.fetcher().await;
-        let lookup = self.download.lookup().await;
-        match self
-            .runner
-            .run(&message.job_id, fetcher, &lookup, Some(deadline))
-            .await
-        {
-            Ok(RunOutcome::Settled(status)) => {
-                tracing::info!(job = %message.job_id, status = ?status, "run finished");
-                Ok(())
-            }
-            Ok(RunOutcome::HandBack) => self
-                .queue
-                .send(&message)
+        let next = if dead {
+            self.bury(&message).await?
+        } else {
+            let fetcher = self.download.fetcher().await;
+            let lookup = self.download.lookup().await;
+            self.runner
+                .step(&message, fetcher, &lookup, Some(deadline))
                 .await
-                .map_err(|e| format!("handing the job back: {e}")),
-            Err(e) => Err(e.to_string()),
-        }
+                .map_err(|e| e.to_string())?
+        };
+        self.queue
+            .send_all(&next)
+            .await
+            .map_err(|e| format!("sending the next steps: {e}"))
     }
 
-    async fn bury(&self, job_id: &str) -> Result<(), String> {
+    async fn bury(&self, message: &JobMessage) -> Result<Vec<JobMessage>, String> {
+        let job_id = &message.job_id;
+        if let Step::Track(index) = message.step {
+            tracing::error!(job = %job_id, track = index, "dead-lettered track marked failed");
+            return self
+                .runner
+                .bury_track(job_id, index)
+                .await
+                .map_err(|e| e.to_string());
+        }
         let marked = self
             .runner
             .fail(job_id, DEAD_LETTER_ERROR)
             .await
             .map_err(|e| e.to_string())?;
-        tracing::error!(job = job_id, marked, "dead-lettered job marked failed");
-        Ok(())
+        tracing::error!(job = %job_id, marked, "dead-lettered job marked failed");
+        Ok(Vec::new())
     }
 }

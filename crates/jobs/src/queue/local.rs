@@ -1,4 +1,4 @@
-//! `JobQueue` in process, for `xomcloud serve`: the runner holds the receiving end.
+//! `JobQueue` in process, for `xomcloud serve`: its dispatcher holds the receiving end.
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -11,7 +11,8 @@ pub struct LocalQueue {
 }
 
 impl LocalQueue {
-    /// Unbounded: a message is a job id, and the jobs themselves are bounded by the store.
+    /// Unbounded: a message is a job id and a step, and the jobs themselves are bounded by the
+    /// store.
     pub fn new() -> (LocalQueue, mpsc::UnboundedReceiver<JobMessage>) {
         let (sender, receiver) = mpsc::unbounded_channel();
         (LocalQueue { sender }, receiver)
@@ -35,11 +36,8 @@ mod tests {
     #[tokio::test]
     async fn messages_arrive_in_order() {
         let (queue, mut receiver) = LocalQueue::new();
-        let messages: Vec<JobMessage> = (0..3)
-            .map(|_| JobMessage {
-                job_id: new_job_id(),
-            })
-            .collect();
+        let messages: Vec<JobMessage> =
+            (0..3).map(|i| JobMessage::track(new_job_id(), i)).collect();
         for message in &messages {
             queue.send(message).await.unwrap();
         }
@@ -53,9 +51,7 @@ mod tests {
         let (queue, receiver) = LocalQueue::new();
         drop(receiver);
         let err = queue
-            .send(&JobMessage {
-                job_id: new_job_id(),
-            })
+            .send(&JobMessage::start(new_job_id()))
             .await
             .unwrap_err();
         assert_eq!(err.to_string(), "job queue: the local runner has stopped");

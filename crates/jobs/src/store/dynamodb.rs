@@ -2,7 +2,7 @@
 //!
 //! | item  | pk                  | sk             | attributes |
 //! |-------|---------------------|----------------|------------|
-//! | job   | `job#{id}`          | `job`          | id, owner, status, created_at, updated_at, expires_at, error?, zip_key?, total |
+//! | job   | `job#{id}`          | `job`          | id, owner, status, created_at, updated_at, expires_at, error?, zip_key?, total, settled?, counted? |
 //! | track | `job#{id}`          | `track#{i:05}` | the `TrackRecord` fields, expires_at |
 //! | claim | `idem#{sha256 hex}` | `idem`         | job_id, expires_at |
 //! | slots | `caller#{hash}`     | `active`       | active (count), expires_at |
@@ -14,6 +14,8 @@
 //! lives as long as the caller's latest job; a count whose item is past that is void.
 //! A job is split into one item per track because a 200-track job (2 KiB URLs) is larger than
 //! DynamoDB's 400 KB item limit. Every item carries `expires_at`, the table's TTL attribute.
+//! `settled` counts the tracks settled so far and `counted` (a number set) holds their indexes,
+//! so a track is counted once however often its settling is repeated (`settle_track`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -27,7 +29,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use serde::{Deserialize, Serialize};
 
-use super::{check_transition, Created, JobStore, StoreError};
+use super::{check_transition, Created, JobStore, Settled, StoreError};
 use crate::limiter::dynamodb::caller_pk;
 use crate::model::{
     is_job_id, unix_now, Job, JobStatus, Outcome, TrackRecord, TrackSpec, TrackUpdate,
@@ -361,6 +363,109 @@ impl DynamoStore {
             })?;
         Ok(())
     }
+
+    /// Writes a track's state; with `unless_settled`, only over a track not settled yet.
+    /// Whether it wrote.
+    async fn write_track(
+        &self,
+        id: &str,
+        index: usize,
+        update: &TrackUpdate,
+        unless_settled: bool,
+    ) -> Result<bool, StoreError> {
+        let mut set = vec![
+            "#state = :state".to_owned(),
+            "#attempts = :attempts".to_owned(),
+        ];
+        let mut remove = Vec::new();
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(&job_pk(id), &track_sk(index))))
+            .expression_attribute_names("#state", "state")
+            .expression_attribute_names("#attempts", "attempts")
+            .expression_attribute_values(":state", AttributeValue::S(update.state.as_str().into()))
+            .expression_attribute_values(":attempts", number(update.attempts));
+        let optional = [
+            ("error", update.error.clone().map(AttributeValue::S)),
+            ("size", update.size.map(number)),
+            ("crc32", update.crc32.map(number)),
+        ];
+        for (name, value) in optional {
+            request = request.expression_attribute_names(format!("#{name}"), name);
+            match value {
+                Some(value) => {
+                    set.push(format!("#{name} = :{name}"));
+                    request = request.expression_attribute_values(format!(":{name}"), value);
+                }
+                None => remove.push(format!("#{name}")),
+            }
+        }
+        let mut expression = format!("SET {}", set.join(", "));
+        if !remove.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
+        }
+        // Without `attribute_exists` an unknown index would create a stray track item.
+        let mut condition = "attribute_exists(pk)".to_owned();
+        if unless_settled {
+            condition.push_str(" AND NOT (#state IN (:done, :failed))");
+            request = request
+                .expression_attribute_values(":done", AttributeValue::S("done".into()))
+                .expression_attribute_values(":failed", AttributeValue::S("failed".into()));
+        }
+        let track = async {
+            match request
+                .update_expression(expression)
+                .condition_expression(condition)
+                .send()
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(e) if is_conditional_failure_update(&e) => {
+                    // Settled already (nothing to write), or no such track.
+                    match self.track_item(id, index).await? {
+                        Some(_) if unless_settled => Ok(false),
+                        _ => Err(StoreError(format!("job {id} has no track {index}"))),
+                    }
+                }
+                Err(e) => Err(sdk_error("UpdateItem (track)", e)),
+            }
+        };
+        // Two items, two writes at once: a transaction would make parallel track updates
+        // conflict on the job item.
+        let (wrote, ()) = tokio::try_join!(track, self.touch(id, unix_now()))?;
+        Ok(wrote)
+    }
+
+    async fn track_item(&self, id: &str, index: usize) -> Result<Option<TrackRecord>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(&job_pk(id), &track_sk(index))))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetItem (track)", e))?;
+        out.item
+            .map(|item| from_item::<TrackItem>(item).map(|t| t.record))
+            .transpose()
+    }
+
+    /// The job item's status, total and settled count (consistent).
+    async fn counts(&self, id: &str) -> Result<Option<(JobStatus, usize, usize)>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_of(&job_pk(id), JOB_SK)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetItem (job)", e))?;
+        out.item.map(|item| counts_of(id, &item)).transpose()
+    }
 }
 
 #[async_trait]
@@ -629,64 +734,83 @@ impl JobStore for DynamoStore {
         Ok(true)
     }
 
+    async fn track(
+        &self,
+        id: &str,
+        index: usize,
+    ) -> Result<Option<(JobStatus, TrackRecord)>, StoreError> {
+        let (status, track) = tokio::try_join!(self.status(id), self.track_item(id, index))?;
+        Ok(status.zip(track))
+    }
+
     async fn update_track(
         &self,
         id: &str,
         index: usize,
         update: &TrackUpdate,
     ) -> Result<(), StoreError> {
-        let mut set = vec![
-            "#state = :state".to_owned(),
-            "#attempts = :attempts".to_owned(),
-        ];
-        let mut remove = Vec::new();
-        let mut request = self
+        self.write_track(id, index, update, !update.state.is_settled())
+            .await
+            .map(drop)
+    }
+
+    /// The track item first (only over an unsettled track), then the job item's counter: `ADD
+    /// settled 1` and the index to the `counted` set, on condition that the set lacks it. A
+    /// worker that dies between the two leaves the track settled and uncounted; the message's
+    /// next delivery counts it.
+    async fn settle_track(
+        &self,
+        id: &str,
+        index: usize,
+        update: &TrackUpdate,
+    ) -> Result<Settled, StoreError> {
+        if !update.state.is_settled() {
+            return Err(StoreError(format!(
+                "{} does not settle a track",
+                update.state.as_str()
+            )));
+        }
+        self.write_track(id, index, update, true).await?;
+        let counted = self
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key_of(&job_pk(id), &track_sk(index))))
-            .expression_attribute_names("#state", "state")
-            .expression_attribute_names("#attempts", "attempts")
-            .expression_attribute_values(":state", AttributeValue::S(update.state.as_str().into()))
-            .expression_attribute_values(":attempts", number(update.attempts));
-        let optional = [
-            ("error", update.error.clone().map(AttributeValue::S)),
-            ("size", update.size.map(number)),
-            ("crc32", update.crc32.map(number)),
-        ];
-        for (name, value) in optional {
-            request = request.expression_attribute_names(format!("#{name}"), name);
-            match value {
-                Some(value) => {
-                    set.push(format!("#{name} = :{name}"));
-                    request = request.expression_attribute_values(format!(":{name}"), value);
-                }
-                None => remove.push(format!("#{name}")),
+            .set_key(Some(key_of(&job_pk(id), JOB_SK)))
+            .update_expression("ADD #n :one, #c :index_set SET #u = :now")
+            .condition_expression(
+                "attribute_exists(pk) AND #t > :index AND NOT contains(#c, :index)",
+            )
+            .expression_attribute_names("#n", "settled")
+            .expression_attribute_names("#c", "counted")
+            .expression_attribute_names("#t", "total")
+            .expression_attribute_names("#u", "updated_at")
+            .expression_attribute_values(":one", number(1u64))
+            .expression_attribute_values(":index", number(index as u64))
+            .expression_attribute_values(":index_set", AttributeValue::Ns(vec![index.to_string()]))
+            .expression_attribute_values(":now", number(unix_now()))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await;
+        let (counted, (status, total, settled)) = match counted {
+            Ok(out) => {
+                let item = out.attributes.unwrap_or_default();
+                (true, counts_of(id, &item)?)
             }
-        }
-        let mut expression = format!("SET {}", set.join(", "));
-        if !remove.is_empty() {
-            expression.push_str(&format!(" REMOVE {}", remove.join(", ")));
-        }
-        let track = async {
-            request
-                .update_expression(expression)
-                // Without it an unknown index would create a stray track item.
-                .condition_expression("attribute_exists(pk)")
-                .send()
-                .await
-                .map_err(|e| {
-                    if is_conditional_failure_update(&e) {
-                        StoreError(format!("job {id} has no track {index}"))
-                    } else {
-                        sdk_error("UpdateItem (track)", e)
-                    }
-                })
+            Err(e) if is_conditional_failure_update(&e) => {
+                let counts = self
+                    .counts(id)
+                    .await?
+                    .ok_or_else(|| StoreError(format!("no job {id}")))?;
+                (false, counts)
+            }
+            Err(e) => return Err(sdk_error("UpdateItem (settled count)", e)),
         };
-        // Two items, two writes at once: a transaction would make the runner's parallel track
-        // updates conflict on the job item.
-        tokio::try_join!(track, self.touch(id, unix_now()))?;
-        Ok(())
+        Ok(Settled {
+            counted,
+            settled,
+            total,
+            status,
+        })
     }
 
     async fn take_lease(&self, key: &str, holder: &str, until: u64) -> Result<bool, StoreError> {
@@ -870,6 +994,24 @@ struct IdemItem {
     sk: String,
     job_id: String,
     expires_at: u64,
+}
+
+/// A job item's status, total and settled count.
+fn counts_of(id: &str, item: &Item) -> Result<(JobStatus, usize, usize), StoreError> {
+    let bad = || StoreError(format!("job {id}: a job item without status/total"));
+    let status = item
+        .get("status")
+        .and_then(|v| v.as_s().ok())
+        .and_then(|s| JobStatus::parse(s))
+        .ok_or_else(bad)?;
+    let count = |name: &str| -> Result<usize, StoreError> {
+        match item.get(name) {
+            None => Ok(0),
+            Some(v) => v.as_n().ok().and_then(|n| n.parse().ok()).ok_or_else(bad),
+        }
+    };
+    let total = item.get("total").ok_or_else(bad).and(count("total"))?;
+    Ok((status, total, count("settled")?))
 }
 
 fn job_pk(id: &str) -> String {

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 
-use crate::model::{Job, JobStatus, Outcome, TrackSpec, TrackUpdate};
+use crate::model::{Job, JobStatus, Outcome, TrackRecord, TrackSpec, TrackUpdate};
 
 pub mod dynamodb;
 pub mod sqlite;
@@ -22,6 +22,29 @@ pub enum Created {
     /// Nothing stored: the job's caller already has the store's limit of active (queued or
     /// running) jobs.
     TooManyActive,
+}
+
+/// What `settle_track` found: whether this call counted the track, and the job's count of
+/// settled tracks, its total and its status after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settled {
+    pub counted: bool,
+    pub settled: usize,
+    pub total: usize,
+    pub status: JobStatus,
+}
+
+impl Settled {
+    /// This call settled the job's last track: its caller, and no one else, sends the assemble
+    /// step.
+    pub fn was_last(&self) -> bool {
+        self.counted && self.settled == self.total
+    }
+
+    /// Every track is settled (whoever counted the last one).
+    pub fn all(&self) -> bool {
+        self.settled >= self.total
+    }
 }
 
 #[async_trait]
@@ -61,14 +84,34 @@ pub trait JobStore: Send + Sync {
     /// counts.
     async fn replace_tracks(&self, id: &str, specs: &[TrackSpec]) -> Result<bool, StoreError>;
 
+    /// The job's status and track `index` (a track step reads no other track); None when the
+    /// job or the track is gone.
+    async fn track(
+        &self,
+        id: &str,
+        index: usize,
+    ) -> Result<Option<(JobStatus, TrackRecord)>, StoreError>;
+
     /// Writes track `index`'s state (and updated_at); every field of the update is written, so a
-    /// `None` clears it. An unknown job or index is an error.
+    /// `None` clears it. An unknown job or index is an error. A progress state (queued,
+    /// downloading) never overwrites a settled track: that write does nothing.
     async fn update_track(
         &self,
         id: &str,
         index: usize,
         update: &TrackUpdate,
     ) -> Result<(), StoreError>;
+
+    /// Settles track `index` with `update` (done or failed; anything else is an error) unless it
+    /// is settled already (then its record stays as it is), and counts it among the job's
+    /// settled tracks exactly once, however often this is called for it (a redelivered
+    /// message; a worker that died between the two). An unknown job or index is an error.
+    async fn settle_track(
+        &self,
+        id: &str,
+        index: usize,
+        update: &TrackUpdate,
+    ) -> Result<Settled, StoreError>;
 
     /// Takes the lease on a shared track cache key for `holder` until `until` (unix seconds):
     /// one conditional write, true when it was free, expired, or already `holder`'s. Two jobs

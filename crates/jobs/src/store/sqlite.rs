@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{check_transition, Created, JobStore, StoreError};
+use super::{check_transition, Created, JobStore, Settled, StoreError};
 use crate::model::{
     unix_now, Job, JobStatus, Outcome, TrackRecord, TrackSpec, TrackState, TrackUpdate,
 };
@@ -320,6 +320,32 @@ impl JobStore for SqliteStore {
         .await
     }
 
+    async fn track(
+        &self,
+        id: &str,
+        index: usize,
+    ) -> Result<Option<(JobStatus, TrackRecord)>, StoreError> {
+        let id = id.to_owned();
+        let index = to_i64(index as u64)?;
+        self.with_conn(move |conn| {
+            let row = conn
+                .prepare_cached(&format!(
+                    "SELECT jobs.status, {TRACK_COLUMNS} FROM tracks JOIN jobs ON jobs.id = \
+                     tracks.job_id WHERE tracks.job_id = ?1 AND tracks.idx = ?2"
+                ))
+                .and_then(|mut stmt| {
+                    stmt.query_row(params![id, index], |row| {
+                        Ok((row.get::<_, String>(0)?, track_columns(row, 1)?))
+                    })
+                    .optional()
+                })
+                .map_err(sql("get track"))?;
+            row.map(|(status, track)| Ok((parse_status(&status)?, track_record(track)?)))
+                .transpose()
+        })
+        .await
+    }
+
     async fn update_track(
         &self,
         id: &str,
@@ -328,35 +354,58 @@ impl JobStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let id = id.to_owned();
         let update = update.clone();
-        let index = to_i64(index as u64)?;
-        let size = update.size.map(to_i64).transpose()?;
-        let now = to_i64(unix_now())?;
         self.with_conn(move |conn| {
-            let tx = conn.transaction().map_err(sql("begin"))?;
-            let changed = tx
-                .execute(
-                    "UPDATE tracks SET state = ?1, error = ?2, size = ?3, crc32 = ?4, attempts = ?5 \
-                     WHERE job_id = ?6 AND idx = ?7",
-                    params![
-                        update.state.as_str(),
-                        update.error,
-                        size,
-                        update.crc32,
-                        update.attempts,
-                        id,
-                        index
-                    ],
-                )
-                .map_err(sql("update track"))?;
-            if changed != 1 {
-                return Err(StoreError(format!("job {id} has no track {index}")));
-            }
-            tx.execute(
-                "UPDATE jobs SET updated_at = ?1 WHERE id = ?2",
-                params![now, id],
-            )
-            .map_err(sql("update job time"))?;
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("begin"))?;
+            write_track(&tx, &id, index, &update, !update.state.is_settled())?;
             tx.commit().map_err(sql("commit"))
+        })
+        .await
+    }
+
+    async fn settle_track(
+        &self,
+        id: &str,
+        index: usize,
+        update: &TrackUpdate,
+    ) -> Result<Settled, StoreError> {
+        if !update.state.is_settled() {
+            return Err(StoreError(format!(
+                "{} does not settle a track",
+                update.state.as_str()
+            )));
+        }
+        let id = id.to_owned();
+        let update = update.clone();
+        self.with_conn(move |conn| {
+            // One transaction: the track changes and is counted together, or not at all.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("begin"))?;
+            let counted = write_track(&tx, &id, index, &update, true)?;
+            let (status, settled, total) = tx
+                .query_row(
+                    "SELECT jobs.status, \
+                     (SELECT COUNT(*) FROM tracks WHERE job_id = ?1 AND state IN (?2, ?3)), \
+                     (SELECT COUNT(*) FROM tracks WHERE job_id = ?1) FROM jobs WHERE id = ?1",
+                    params![id, TrackState::Done.as_str(), TrackState::Failed.as_str()],
+                    |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, i64>(2)?,
+                        ))
+                    },
+                )
+                .map_err(sql("count settled"))?;
+            tx.commit().map_err(sql("commit"))?;
+            Ok(Settled {
+                counted,
+                settled: to_u64(settled)? as usize,
+                total: to_u64(total)? as usize,
+                status: parse_status(&status)?,
+            })
         })
         .await
     }
@@ -521,41 +570,14 @@ fn get(conn: &mut Connection, id: &str) -> Result<Option<Job>, StoreError> {
         return Ok(None);
     };
     let mut stmt = tx
-        .prepare_cached(
-            "SELECT track_id, url, title, artist, state, error, size, crc32, attempts, cache_key \
-             FROM tracks WHERE job_id = ?1 ORDER BY idx",
-        )
+        .prepare_cached(&format!(
+            "SELECT {TRACK_COLUMNS} FROM tracks WHERE job_id = ?1 ORDER BY idx"
+        ))
         .map_err(sql("get tracks"))?;
     let tracks = stmt
-        .query_map(params![id], |row| {
-            Ok((
-                TrackSpec {
-                    id: row.get(0)?,
-                    url: row.get(1)?,
-                    title: row.get(2)?,
-                    artist: row.get(3)?,
-                    cache_key: row.get(9)?,
-                },
-                row.get::<_, String>(4)?,
-                row.get::<_, Option<String>>(5)?,
-                row.get::<_, Option<i64>>(6)?,
-                row.get::<_, Option<u32>>(7)?,
-                row.get::<_, u32>(8)?,
-            ))
-        })
+        .query_map(params![id], |row| track_columns(row, 0))
         .map_err(sql("get tracks"))?
-        .map(|row| {
-            let (spec, state, error, size, crc32, attempts) = row.map_err(sql("get tracks"))?;
-            Ok(TrackRecord {
-                spec,
-                state: TrackState::parse(&state)
-                    .ok_or_else(|| StoreError(format!("unknown track state {state:?}")))?,
-                error,
-                size: size.map(to_u64).transpose()?,
-                crc32,
-                attempts,
-            })
-        })
+        .map(|row| track_record(row.map_err(sql("get tracks"))?))
         .collect::<Result<Vec<_>, StoreError>>()?;
     Ok(Some(Job {
         id: id.to_owned(),
@@ -569,6 +591,106 @@ fn get(conn: &mut Connection, id: &str) -> Result<Option<Job>, StoreError> {
         caller,
         tracks,
     }))
+}
+
+/// Writes a track's state (and the job's updated_at); with `unless_settled`, only over a track
+/// not settled yet. Whether it wrote; an unknown job or index is an error.
+fn write_track(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    index: usize,
+    update: &TrackUpdate,
+    unless_settled: bool,
+) -> Result<bool, StoreError> {
+    let index = to_i64(index as u64)?;
+    let size = update.size.map(to_i64).transpose()?;
+    let guard = if unless_settled {
+        " AND state NOT IN ('done', 'failed')"
+    } else {
+        ""
+    };
+    let changed = tx
+        .execute(
+            &format!(
+                "UPDATE tracks SET state = ?1, error = ?2, size = ?3, crc32 = ?4, attempts = ?5 \
+                 WHERE job_id = ?6 AND idx = ?7{guard}"
+            ),
+            params![
+                update.state.as_str(),
+                update.error,
+                size,
+                update.crc32,
+                update.attempts,
+                id,
+                index
+            ],
+        )
+        .map_err(sql("update track"))?;
+    if changed == 0 {
+        let exists = tx
+            .query_row(
+                "SELECT 1 FROM tracks WHERE job_id = ?1 AND idx = ?2",
+                params![id, index],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(sql("find track"))?
+            .is_some();
+        if !exists {
+            return Err(StoreError(format!("job {id} has no track {index}")));
+        }
+        return Ok(false);
+    }
+    tx.execute(
+        "UPDATE jobs SET updated_at = ?1 WHERE id = ?2",
+        params![to_i64(unix_now())?, id],
+    )
+    .map_err(sql("update job time"))?;
+    Ok(true)
+}
+
+const TRACK_COLUMNS: &str = "tracks.track_id, tracks.url, tracks.title, tracks.artist, \
+    tracks.state, tracks.error, tracks.size, tracks.crc32, tracks.attempts, tracks.cache_key";
+
+type TrackColumns = (
+    TrackSpec,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<u32>,
+    u32,
+);
+
+/// The `TRACK_COLUMNS` of a row, from column `first` on.
+fn track_columns(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<TrackColumns> {
+    Ok((
+        TrackSpec {
+            id: row.get(first)?,
+            url: row.get(first + 1)?,
+            title: row.get(first + 2)?,
+            artist: row.get(first + 3)?,
+            cache_key: row.get(first + 9)?,
+        },
+        row.get(first + 4)?,
+        row.get(first + 5)?,
+        row.get(first + 6)?,
+        row.get(first + 7)?,
+        row.get(first + 8)?,
+    ))
+}
+
+fn track_record(
+    (spec, state, error, size, crc32, attempts): TrackColumns,
+) -> Result<TrackRecord, StoreError> {
+    Ok(TrackRecord {
+        spec,
+        state: TrackState::parse(&state)
+            .ok_or_else(|| StoreError(format!("unknown track state {state:?}")))?,
+        error,
+        size: size.map(to_u64).transpose()?,
+        crc32,
+        attempts,
+    })
 }
 
 fn parse_status(s: &str) -> Result<JobStatus, StoreError> {
