@@ -538,3 +538,69 @@ async fn the_shared_track_cache_serves_repeats_once_and_names_each_track() {
         "temp dir empty"
     );
 }
+
+/// serve runs the steps that reach SoundCloud `DOWNLOAD_CONCURRENCY` at a time across all jobs,
+/// in queue order: with two slots and two jobs of three tracks, never more than two tracks are
+/// downloading at once, and the second job's tracks start while the first job still runs (a
+/// slot frees), not after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn tracks_of_all_jobs_share_download_concurrency_in_queue_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("scdl.log");
+    let envs = [
+        ("SCDL_STUB_LOG", log.to_str().unwrap()),
+        ("SCDL_STUB_SIZE", "20000"),
+        ("SCDL_STUB_DELAY", "0.6"),
+        ("DOWNLOAD_CONCURRENCY", "2"),
+        ("RATE_LIMIT_PER_MINUTE", "0"),
+    ];
+    let server = serve(dir.path(), Some(SECRET), &envs);
+    let alice = Caller::new(&server, "alice", SECRET);
+    let first: Vec<Value> = (0..3).map(|i| track(i, "bench")).collect();
+    let second: Vec<Value> = (3..6).map(|i| track(i, "bench")).collect();
+    let mut ids = Vec::new();
+    for tracks in [&first, &second] {
+        let (status, body, _) = alice.post(tracks, None).await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["data"]["job_id"].as_str().unwrap().to_owned());
+    }
+    let mut most = 0;
+    let mut overlapped = false;
+    loop {
+        let mut downloading = 0;
+        let mut statuses = Vec::new();
+        let mut started = Vec::new();
+        for id in &ids {
+            let (_, body) = alice.get(id).await;
+            let d = &body["data"];
+            statuses.push(d["status"].as_str().unwrap().to_owned());
+            let states: Vec<&str> = d["tracks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["state"].as_str().unwrap())
+                .collect();
+            downloading += states.iter().filter(|s| **s == "downloading").count();
+            started.push(states.iter().any(|s| *s != "queued"));
+        }
+        most = most.max(downloading);
+        overlapped |= statuses[0] != "done" && started[1];
+        if statuses.iter().all(|s| s == "done") {
+            break;
+        }
+        assert!(
+            statuses
+                .iter()
+                .all(|s| s == "queued" || s == "running" || s == "done"),
+            "{statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert!(most <= 2, "{most} tracks downloading at once");
+    assert!(most >= 1, "never saw a track downloading");
+    assert!(
+        overlapped,
+        "the second job's tracks waited for the whole first job"
+    );
+    assert_eq!(logged_urls(&log).len(), 6);
+}
