@@ -412,36 +412,30 @@ fn terraform_jobs_addon_parses_and_matches_the_template() {
         line[key.len()..].trim().parse().unwrap()
     };
     assert_eq!(timeout, after("  JobsWorkerFunction:", "Timeout: "));
-    assert_eq!(6 * timeout, after("  JobsQueue:", "VisibilityTimeout: "));
-    let queue = resource("aws_sqs_queue.jobs");
+    // The jobs and track queues: visibility 6 × the timeout, the one DLQ, encrypted alike.
+    for (anchor, name) in [
+        ("  JobsQueue:", "aws_sqs_queue.jobs"),
+        ("  TrackQueue:", "aws_sqs_queue.tracks"),
+    ] {
+        assert_eq!(6 * timeout, after(anchor, "VisibilityTimeout: "));
+        let queue = resource(name);
+        assert_eq!(
+            queue["visibility_timeout_seconds"],
+            "${6 * local.jobs_worker_timeout}"
+        );
+        let redrive = queue["redrive_policy"].as_str().unwrap();
+        assert!(
+            redrive.contains("deadLetterTargetArn = aws_sqs_queue.jobs_dlq.arn")
+                && redrive.contains("maxReceiveCount = 3"),
+            "{name}: {redrive}"
+        );
+    }
     assert_eq!(
-        queue["visibility_timeout_seconds"],
-        "${6 * local.jobs_worker_timeout}"
-    );
-    let redrive = queue["redrive_policy"].as_str().unwrap();
-    assert!(
-        redrive.contains("deadLetterTargetArn = aws_sqs_queue.jobs_dlq.arn")
-            && redrive.contains("maxReceiveCount = 3"),
-        "{redrive}"
-    );
-    resource("aws_sqs_queue.jobs_dlq");
-    // The track queue: the same visibility and dead-letter queue as the jobs queue.
-    assert_eq!(6 * timeout, after("  TrackQueue:", "VisibilityTimeout: "));
-    let tracks = resource("aws_sqs_queue.tracks");
-    assert_eq!(
-        tracks["visibility_timeout_seconds"],
-        "${6 * local.jobs_worker_timeout}"
-    );
-    let redrive = tracks["redrive_policy"].as_str().unwrap();
-    assert!(
-        redrive.contains("deadLetterTargetArn = aws_sqs_queue.jobs_dlq.arn")
-            && redrive.contains("maxReceiveCount = 3"),
-        "{redrive}"
-    );
-    assert_eq!(
-        tracks["sqs_managed_sse_enabled"], queue["sqs_managed_sse_enabled"],
+        resource("aws_sqs_queue.tracks")["sqs_managed_sse_enabled"],
+        resource("aws_sqs_queue.jobs")["sqs_managed_sse_enabled"],
         "aws_sqs_queue.tracks is encrypted like aws_sqs_queue.jobs"
     );
+    resource("aws_sqs_queue.jobs_dlq");
     let cfn = &doc["cfn"]["Resources"];
     for name in ["JobsQueue", "TrackQueue"] {
         assert_eq!(

@@ -29,7 +29,7 @@ use aws_sdk_dynamodb::types::{
 use aws_sdk_dynamodb::Client;
 use serde::{Deserialize, Serialize};
 
-use super::{check_transition, Created, JobStore, Settled, StoreError};
+use super::{check_settles, check_transition, Created, JobStore, Settled, StoreError};
 use crate::limiter::dynamodb::caller_pk;
 use crate::model::{
     is_job_id, unix_now, Job, JobStatus, Outcome, TrackRecord, TrackSpec, TrackUpdate,
@@ -119,16 +119,8 @@ impl DynamoStore {
                 }
                 Err(_) => {}
             }
-            let held = self
-                .client
-                .get_item()
-                .table_name(&self.table)
-                .set_key(Some(key_of(&pk, IDEM_SK)))
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(|e| sdk_error("GetItem (idempotency claim)", e))?;
-            if let Some(item) = held.item {
+            let held = self.read(&pk, IDEM_SK, "idempotency claim").await?;
+            if let Some(item) = held {
                 let held: IdemItem = from_item(item)?;
                 if held.expires_at >= job.created_at {
                     return Ok(Claim::Held {
@@ -172,17 +164,8 @@ impl DynamoStore {
             }
             // All taken, unless the count outlived every job it counted (a job that never
             // ended, e.g. its queue message was lost): then it starts again from this job.
-            let held = self
-                .client
-                .get_item()
-                .table_name(&self.table)
-                .set_key(Some(key_of(&caller_pk(caller), SLOTS_SK)))
-                .consistent_read(true)
-                .send()
-                .await
-                .map_err(|e| sdk_error("GetItem (slots)", e))?;
+            let held = self.read(&caller_pk(caller), SLOTS_SK, "slots").await?;
             let held_until = held
-                .item
                 .as_ref()
                 .and_then(|item| item.get("expires_at"))
                 .and_then(|v| v.as_n().ok())
@@ -439,32 +422,30 @@ impl DynamoStore {
     }
 
     async fn track_item(&self, id: &str, index: usize) -> Result<Option<TrackRecord>, StoreError> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key_of(&job_pk(id), &track_sk(index))))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| sdk_error("GetItem (track)", e))?;
-        out.item
+        self.read(&job_pk(id), &track_sk(index), "track")
+            .await?
             .map(|item| from_item::<TrackItem>(item).map(|t| t.record))
             .transpose()
     }
 
     /// The job item's status, total and settled count (consistent).
     async fn counts(&self, id: &str) -> Result<Option<(JobStatus, usize, usize)>, StoreError> {
+        let item = self.read(&job_pk(id), JOB_SK, "job").await?;
+        item.map(|item| counts_of(id, &item)).transpose()
+    }
+
+    /// One item, read consistently; `what` names it in an error.
+    async fn read(&self, pk: &str, sk: &str, what: &str) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(key_of(&job_pk(id), JOB_SK)))
+            .set_key(Some(key_of(pk, sk)))
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| sdk_error("GetItem (job)", e))?;
-        out.item.map(|item| counts_of(id, &item)).transpose()
+            .map_err(|e| sdk_error(&format!("GetItem ({what})"), e))?;
+        Ok(out.item)
     }
 }
 
@@ -681,16 +662,7 @@ impl JobStore for DynamoStore {
         if specs.len() > MAX_TRACKS {
             return Err(StoreError(format!("{} tracks is too many", specs.len())));
         }
-        let held = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .set_key(Some(key_of(&job_pk(id), JOB_SK)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| sdk_error("GetItem (job)", e))?;
-        let Some(item) = held.item else {
+        let Some(item) = self.read(&job_pk(id), JOB_SK, "job").await? else {
             return Ok(false);
         };
         let job: JobItem = from_item(item)?;
@@ -764,12 +736,7 @@ impl JobStore for DynamoStore {
         index: usize,
         update: &TrackUpdate,
     ) -> Result<Settled, StoreError> {
-        if !update.state.is_settled() {
-            return Err(StoreError(format!(
-                "{} does not settle a track",
-                update.state.as_str()
-            )));
-        }
+        check_settles(update)?;
         self.write_track(id, index, update, true).await?;
         let counted = self
             .client

@@ -131,6 +131,18 @@ pub(crate) fn check_transition(from: &[JobStatus], to: JobStatus) -> Result<(), 
     }
 }
 
+/// Refuses a `settle_track` with a state that does not settle a track.
+pub(crate) fn check_settles(update: &TrackUpdate) -> Result<(), StoreError> {
+    if update.state.is_settled() {
+        Ok(())
+    } else {
+        Err(StoreError(format!(
+            "{} does not settle a track",
+            update.state.as_str()
+        )))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use rusqlite::types::Value;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{check_transition, Created, JobStore, Settled, StoreError};
+use super::{check_settles, check_transition, Created, JobStore, Settled, StoreError};
 use crate::model::{
     unix_now, Job, JobStatus, Outcome, TrackRecord, TrackSpec, TrackState, TrackUpdate,
 };
@@ -202,6 +202,23 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError(format!("sqlite task: {e}")))?
     }
+
+    /// `f` in one write transaction (taken at once: `IMMEDIATE`), committed when it succeeds.
+    async fn in_transaction<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.with_conn(move |conn| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(sql("begin"))?;
+            let value = f(&tx)?;
+            tx.commit().map_err(sql("commit"))?;
+            Ok(value)
+        })
+        .await
+    }
 }
 
 #[async_trait]
@@ -354,12 +371,8 @@ impl JobStore for SqliteStore {
     ) -> Result<(), StoreError> {
         let id = id.to_owned();
         let update = update.clone();
-        self.with_conn(move |conn| {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql("begin"))?;
-            write_track(&tx, &id, index, &update, !update.state.is_settled())?;
-            tx.commit().map_err(sql("commit"))
+        self.in_transaction(move |tx| {
+            write_track(tx, &id, index, &update, !update.state.is_settled()).map(drop)
         })
         .await
     }
@@ -370,20 +383,12 @@ impl JobStore for SqliteStore {
         index: usize,
         update: &TrackUpdate,
     ) -> Result<Settled, StoreError> {
-        if !update.state.is_settled() {
-            return Err(StoreError(format!(
-                "{} does not settle a track",
-                update.state.as_str()
-            )));
-        }
+        check_settles(update)?;
         let id = id.to_owned();
         let update = update.clone();
-        self.with_conn(move |conn| {
-            // One transaction: the track changes and is counted together, or not at all.
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(sql("begin"))?;
-            let counted = write_track(&tx, &id, index, &update, true)?;
+        // One transaction: the track changes and is counted together, or not at all.
+        self.in_transaction(move |tx| {
+            let counted = write_track(tx, &id, index, &update, true)?;
             let (status, settled, total) = tx
                 .query_row(
                     "SELECT jobs.status, \
@@ -399,7 +404,6 @@ impl JobStore for SqliteStore {
                     },
                 )
                 .map_err(sql("count settled"))?;
-            tx.commit().map_err(sql("commit"))?;
             Ok(Settled {
                 counted,
                 settled: to_u64(settled)? as usize,
