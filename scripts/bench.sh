@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
+# The pipeline and fanout benchmarks run these release Lambda binaries.
 cargo build --release -p xomcloud-authorizer -p xomcloud-download-tracks --bins
 # The jobs benchmark drives the release `xomcloud serve`.
 cargo build --release --bin xomcloud
@@ -12,6 +13,8 @@ cargo build --release --bin xomcloud
 status=0
 cargo bench --bench pipeline || status=$?
 cargo bench --bench jobs || status=$?
+# The fan-out of a job on the Lambda path: the release function and 20 jobs-worker processes.
+cargo bench --bench fanout || status=$?
 # The real scdl + yt-dlp + ffmpeg against a fake SoundCloud API: the process tree's peak memory.
 cargo bench --bench real_tools || status=$?
 exit "$status"

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod bins;
+pub mod jobs_lambda;
 pub mod logs;
 pub mod media;
 pub mod moto;
