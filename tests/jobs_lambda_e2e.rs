@@ -337,13 +337,13 @@ async fn a_worker_short_of_time_hands_the_track_back_and_it_completes() {
 async fn poison_messages_end_in_the_dead_letter_queue_and_fail_their_tracks_or_job() {
     let mut h = Harness::start(&[]).await;
     let id = h.create(&[track(0, "bench"), track(1, "bench")]).await;
-    // A worker whose S3 is unreachable: the start step needs no S3, every track step fails.
-    h.start_worker(&[("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")]);
     let start = h.receive(&h.queue_url).await.unwrap();
     let answer = h
         .deliver(&start, &h.queue_url, &h.queue_arn, WORKER_TIME)
         .await;
     assert_eq!(answer["batchItemFailures"], json!([]));
+    // Then a worker whose S3 is unreachable: every track step fails.
+    h.start_worker(&[("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")]);
     let mut failures = 0;
     while let Some(message) = h.receive(&h.track_queue_url).await {
         let answer = h
@@ -824,7 +824,11 @@ async fn a_set_link_expands_in_the_worker_into_its_tracks_in_order() {
     // The same set again: resolved again, fetched never.
     let (_, body, _) = h.post(&json!({ "tracks": [set] }), ALICE, None).await;
     let again = body["data"]["job_id"].as_str().unwrap().to_owned();
-    assert_eq!(h.drain_with(4, WORKER_TIME).await, 1 + 12 + 1);
+    assert_eq!(
+        h.drain_with(4, WORKER_TIME).await,
+        2,
+        "all cached: settled by the start step, then assembly"
+    );
     let (_, body) = h.get(&again, ALICE).await;
     assert_eq!(body["data"]["status"], "done", "{body}");
     assert_eq!(h.scdl_runs().len(), 12, "cached tracks are not fetched");
@@ -906,7 +910,11 @@ async fn the_shared_track_cache_serves_repeats_once_and_keeps_tracks_apart() {
                "title": format!("Other {i}"), "artist": "Else"})
     };
     let second = h.create(&[renamed(1), renamed(0), track(3, "bench")]).await;
-    assert_eq!(h.drain(WORKER_TIME).await, 1 + 3 + 1);
+    assert_eq!(
+        h.drain(WORKER_TIME).await,
+        1 + 1 + 1,
+        "two tracks cached: one track step"
+    );
     let d = done_job(second).await;
     let zip_b = support::zips::entries_at(d["download_url"].as_str().unwrap()).await;
     let names: Vec<&str> = zip_b.iter().map(|(n, _)| n.as_str()).collect();
@@ -928,7 +936,11 @@ async fn the_shared_track_cache_serves_repeats_once_and_keeps_tracks_apart() {
     // A job of cached tracks only runs no scdl at all.
     let before = h.scdl_runs().len();
     let third = h.create(&[track(3, "bench"), track(0, "bench")]).await;
-    assert_eq!(h.drain(WORKER_TIME).await, 1 + 2 + 1);
+    assert_eq!(
+        h.drain(WORKER_TIME).await,
+        2,
+        "all cached: start and assemble"
+    );
     done_job(third).await;
     assert_eq!(h.scdl_runs().len(), before, "cached tracks are not fetched");
 

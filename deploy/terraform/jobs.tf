@@ -318,7 +318,7 @@ data "aws_iam_policy_document" "jobs_worker_policy" {
   # UpdateItem also gives a finished job's place back to its caller's count; PutItem and
   # DeleteItem take and give back a track's lease (lease#… items) in the cache. BatchWriteItem:
   # resolution rewrites the job's track items; settling a track is an UpdateItem ADD on the job
-  # item's counter.
+  # item's counter. BatchGetItem: a track step reads the job's status and its track in one request.
   statement {
     sid    = "RunJobs"
     effect = "Allow"
@@ -328,7 +328,8 @@ data "aws_iam_policy_document" "jobs_worker_policy" {
       "dynamodb:Query",
       "dynamodb:PutItem",
       "dynamodb:DeleteItem",
-      "dynamodb:BatchWriteItem"
+      "dynamodb:BatchWriteItem",
+      "dynamodb:BatchGetItem"
     ]
     resources = [aws_dynamodb_table.jobs.arn]
   }

@@ -1,7 +1,8 @@
 //! Runs a download job as small steps, each one queue message (`xomcloud_jobs::queue`):
 //!
 //! - **start**: claims the job, resolves its links (a set becomes its tracks, a bare link gets
-//!   its title and artist: `resolve.rs`), then asks for one track step per unsettled track;
+//!   its title and artist: `resolve.rs`), settles the tracks the shared cache already holds and
+//!   asks for one track step per other unsettled track (for assembly when none is left);
 //! - **track**: settles one track (`track.rs`: from the shared cache, or fetched into it) and
 //!   counts it; the step that settles the last track asks for the assemble step;
 //! - **assemble**: streams the cached tracks in request order into the STORED zip and marks the
@@ -15,8 +16,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{stream, StreamExt, TryStreamExt};
 use tokio::time::Instant;
-use xomcloud_common::storage::{PartWriter, Storage, StorageError, MIN_PART_SIZE};
+use xomcloud_common::storage::{ObjectMeta, PartWriter, Storage, StorageError, MIN_PART_SIZE};
 use xomcloud_jobs::model::{Job, JobStatus, Outcome, TrackSpec, TrackState, TrackUpdate};
 use xomcloud_jobs::queue::{JobMessage, Step};
 use xomcloud_jobs::store::{JobStore, Settled, StoreError};
@@ -72,6 +74,9 @@ pub enum RunError {
     #[error("{0}")]
     Other(String),
 }
+
+/// Cache lookups (and the settling of cached tracks) a start step has in flight at once.
+const LOOKUPS_AT_ONCE: usize = 16;
 
 /// The per-track error of a track whose message ended in the dead-letter queue.
 pub const TRACK_DEAD_LETTER_ERROR: &str =
@@ -135,8 +140,9 @@ impl JobRunner {
         }
     }
 
-    /// Claims the job and resolves its links; one track step per unsettled track (the assemble
-    /// step when none is left: a start repeated after the last track settled).
+    /// Claims the job and resolves its links; settles the unsettled tracks that are in the
+    /// cache; one track step per other unsettled track, and the assemble step when none is
+    /// left (every track cached, or a start repeated after the last track settled).
     pub async fn start(
         &self,
         job_id: &str,
@@ -165,18 +171,57 @@ impl JobRunner {
         let Some(job) = self.resolve_links(job, lookup).await? else {
             return Ok(Vec::new());
         };
-        let pending: Vec<JobMessage> = job
+        let unsettled: Vec<usize> = job
             .tracks
             .iter()
             .enumerate()
             .filter(|(_, t)| !t.state.is_settled())
-            .map(|(i, _)| JobMessage::track(job_id, i))
+            .map(|(i, _)| i)
             .collect();
-        tracing::info!(job = job_id, tracks = pending.len(), "job started");
-        if pending.is_empty() {
+        if unsettled.is_empty() {
             return Ok(vec![JobMessage::assemble(job_id)]);
         }
-        Ok(pending)
+        // Tracks already in the shared cache are settled here, without a message of their own:
+        // a job of cached tracks sends none and runs no scdl.
+        let objects: Vec<(usize, String)> = unsettled
+            .iter()
+            .map(|&i| (i, cache_object(&track_key(&job.tracks[i].spec))))
+            .collect();
+        let storage = &self.storage;
+        let heads: Vec<(usize, Option<ObjectMeta>)> = stream::iter(objects)
+            .map(|(i, object)| async move { Ok::<_, RunError>((i, storage.head(&object).await?)) })
+            .buffered(LOOKUPS_AT_ONCE)
+            .try_collect()
+            .await?;
+        let mut next = Vec::new();
+        let mut cached = Vec::new();
+        for (i, head) in heads {
+            match head {
+                Some(meta) => cached.push((i, meta)),
+                None => next.push(JobMessage::track(job_id, i)),
+            }
+        }
+        let store = &self.store;
+        let settled: Vec<Settled> = stream::iter(cached.clone())
+            .map(|(i, meta)| async move {
+                store
+                    .settle_track(job_id, i, &TrackWork::done(meta, 0))
+                    .await
+            })
+            .buffer_unordered(LOOKUPS_AT_ONCE)
+            .try_collect()
+            .await?;
+        tracing::info!(
+            job = job_id,
+            cached = cached.len(),
+            to_fetch = next.len(),
+            "job started"
+        );
+        for settled in &settled {
+            next.extend(self.after_settling(job_id, settled));
+        }
+        next.dedup();
+        Ok(next)
     }
 
     /// The job with its links resolved (stored), or None when it ended instead: failed with

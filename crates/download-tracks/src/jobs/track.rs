@@ -56,7 +56,7 @@ impl TrackWork {
         Ok(())
     }
 
-    fn done(meta: ObjectMeta, attempts: u32) -> TrackUpdate {
+    pub fn done(meta: ObjectMeta, attempts: u32) -> TrackUpdate {
         TrackUpdate {
             state: TrackState::Done,
             error: None,

@@ -111,7 +111,13 @@ impl RateLimiter for DynamoLimiter {
                 Ok(_) => return Ok(verdict),
                 Err(e)
                     if e.as_service_error()
-                        .is_some_and(|e| e.is_conditional_check_failed_exception()) => {}
+                        .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+                {
+                    // Another request of the caller wrote first: read again after a jittered
+                    // pause, so colliding requests spread out instead of colliding again.
+                    let pause = rand::random_range(1..=10u64);
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                }
                 Err(e) => {
                     return Err(LimiterError(format!(
                         "UpdateItem (bucket): {}",

@@ -24,7 +24,8 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, DeleteRequest, KeySchemaElement, KeyType,
-    PutRequest, ReturnValue, ScalarAttributeType, TimeToLiveSpecification, WriteRequest,
+    KeysAndAttributes, PutRequest, ReturnValue, ScalarAttributeType, TimeToLiveSpecification,
+    WriteRequest,
 };
 use aws_sdk_dynamodb::Client;
 use serde::{Deserialize, Serialize};
@@ -347,8 +348,8 @@ impl DynamoStore {
         Ok(())
     }
 
-    /// Writes a track's state; with `unless_settled`, only over a track not settled yet.
-    /// Whether it wrote.
+    /// Writes a track's state (the track item only); with `unless_settled`, only over a track
+    /// not settled yet. Whether it wrote.
     async fn write_track(
         &self,
         id: &str,
@@ -397,7 +398,7 @@ impl DynamoStore {
                 .expression_attribute_values(":done", AttributeValue::S("done".into()))
                 .expression_attribute_values(":failed", AttributeValue::S("failed".into()));
         }
-        let track = async {
+        {
             match request
                 .update_expression(expression)
                 .condition_expression(condition)
@@ -414,11 +415,7 @@ impl DynamoStore {
                 }
                 Err(e) => Err(sdk_error("UpdateItem (track)", e)),
             }
-        };
-        // Two items, two writes at once: a transaction would make parallel track updates
-        // conflict on the job item.
-        let (wrote, ()) = tokio::try_join!(track, self.touch(id, unix_now()))?;
-        Ok(wrote)
+        }
     }
 
     async fn track_item(&self, id: &str, index: usize) -> Result<Option<TrackRecord>, StoreError> {
@@ -711,7 +708,42 @@ impl JobStore for DynamoStore {
         id: &str,
         index: usize,
     ) -> Result<Option<(JobStatus, TrackRecord)>, StoreError> {
-        let (status, track) = tokio::try_join!(self.status(id), self.track_item(id, index))?;
+        // One BatchGetItem for the job item and the track item.
+        let pk = job_pk(id);
+        let keys = KeysAndAttributes::builder()
+            .keys(key_of(&pk, JOB_SK))
+            .keys(key_of(&pk, &track_sk(index)))
+            .consistent_read(true)
+            .build()
+            .map_err(|e| StoreError(format!("BatchGetItem keys: {e}")))?;
+        let out = self
+            .client
+            .batch_get_item()
+            .request_items(&self.table, keys)
+            .send()
+            .await
+            .map_err(|e| sdk_error("BatchGetItem (track)", e))?;
+        if out.unprocessed_keys().is_some_and(|k| !k.is_empty()) {
+            // Throttled: the two reads one by one.
+            let (status, track) = tokio::try_join!(self.status(id), self.track_item(id, index))?;
+            return Ok(status.zip(track));
+        }
+        let (mut status, mut track) = (None, None);
+        for item in out
+            .responses
+            .and_then(|mut r| r.remove(&self.table))
+            .unwrap_or_default()
+        {
+            match item
+                .get("sk")
+                .and_then(|v| v.as_s().ok())
+                .map(String::as_str)
+            {
+                Some(JOB_SK) => status = Some(counts_of(id, &item)?.0),
+                Some(_) => track = Some(from_item::<TrackItem>(item)?.record),
+                None => return Err(StoreError(format!("job {id}: an item without sk"))),
+            }
+        }
         Ok(status.zip(track))
     }
 
@@ -721,15 +753,17 @@ impl JobStore for DynamoStore {
         index: usize,
         update: &TrackUpdate,
     ) -> Result<(), StoreError> {
-        self.write_track(id, index, update, !update.state.is_settled())
-            .await
-            .map(drop)
+        // Two items, two writes at once: a transaction would make parallel track updates
+        // conflict on the job item.
+        let track = self.write_track(id, index, update, !update.state.is_settled());
+        tokio::try_join!(track, self.touch(id, unix_now()))?;
+        Ok(())
     }
 
     /// The track item first (only over an unsettled track), then the job item's counter: `ADD
-    /// settled 1` and the index to the `counted` set, on condition that the set lacks it. A
-    /// worker that dies between the two leaves the track settled and uncounted; the message's
-    /// next delivery counts it.
+    /// settled 1` and the index to the `counted` set, on condition that the set lacks it (it
+    /// also sets `updated_at`). A worker that dies between the two leaves the track settled and
+    /// uncounted; the message's next delivery counts it.
     async fn settle_track(
         &self,
         id: &str,
