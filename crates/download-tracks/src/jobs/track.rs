@@ -89,8 +89,14 @@ impl TrackWork {
                     Ok(None) => self.fetch(&object).await,
                     Err(e) => Err(e.into()),
                 };
-                if let Err(e) = self.store.release_lease(&self.key, &self.holder).await {
-                    tracing::warn!(error = %e, "cannot release a track lease (it expires)");
+                // A track now in the cache needs its lease no more: everyone looks in the cache
+                // before the lease, and the lease runs out. A track that is not there is given
+                // back at once, so a job waiting for it takes it over.
+                let cached = matches!(&result, Ok(update) if update.state == TrackState::Done);
+                if !cached {
+                    if let Err(e) = self.store.release_lease(&self.key, &self.holder).await {
+                        tracing::warn!(error = %e, "cannot release a track lease (it expires)");
+                    }
                 }
                 return result;
             }

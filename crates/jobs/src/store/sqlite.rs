@@ -182,6 +182,9 @@ impl SqliteStore {
     pub async fn delete_expired(&self, now: u64) -> Result<usize, StoreError> {
         let now = to_i64(now)?;
         self.with_conn(move |conn| {
+            // Leases run out with their holders (a fetched track's is not given back).
+            conn.execute("DELETE FROM leases WHERE expires_at < ?1", params![now])
+                .map_err(sql("delete expired leases"))?;
             conn.execute("DELETE FROM jobs WHERE expires_at < ?1", params![now])
                 .map_err(sql("delete expired"))
         })
