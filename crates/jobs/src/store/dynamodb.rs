@@ -753,9 +753,13 @@ impl JobStore for DynamoStore {
         index: usize,
         update: &TrackUpdate,
     ) -> Result<(), StoreError> {
+        if !update.state.is_settled() {
+            self.write_track(id, index, update, true).await?;
+            return Ok(());
+        }
         // Two items, two writes at once: a transaction would make parallel track updates
         // conflict on the job item.
-        let track = self.write_track(id, index, update, !update.state.is_settled());
+        let track = self.write_track(id, index, update, false);
         tokio::try_join!(track, self.touch(id, unix_now()))?;
         Ok(())
     }

@@ -92,7 +92,9 @@ pub trait JobStore: Send + Sync {
         index: usize,
     ) -> Result<Option<(JobStatus, TrackRecord)>, StoreError>;
 
-    /// Writes track `index`'s state (and updated_at); every field of the update is written, so a
+    /// Writes track `index`'s state (and the job's updated_at when the state settles the track:
+    /// a progress write touches the track alone, so parallel track steps do not all write the
+    /// job); every field of the update is written, so a
     /// `None` clears it. An unknown job or index is an error. A progress state (queued,
     /// downloading) never overwrites a settled track: that write does nothing.
     async fn update_track(

@@ -600,8 +600,8 @@ fn get(conn: &mut Connection, id: &str) -> Result<Option<Job>, StoreError> {
     }))
 }
 
-/// Writes a track's state (and the job's updated_at); with `unless_settled`, only over a track
-/// not settled yet. Whether it wrote; an unknown job or index is an error.
+/// Writes a track's state (and the job's updated_at when it settles the track); with
+/// `unless_settled`, only over a track not settled yet. Whether it wrote; an unknown job or index is an error.
 fn write_track(
     tx: &rusqlite::Transaction<'_>,
     id: &str,
@@ -648,11 +648,13 @@ fn write_track(
         }
         return Ok(false);
     }
-    tx.execute(
-        "UPDATE jobs SET updated_at = ?1 WHERE id = ?2",
-        params![to_i64(unix_now())?, id],
-    )
-    .map_err(sql("update job time"))?;
+    if update.state.is_settled() {
+        tx.execute(
+            "UPDATE jobs SET updated_at = ?1 WHERE id = ?2",
+            params![to_i64(unix_now())?, id],
+        )
+        .map_err(sql("update job time"))?;
+    }
     Ok(true)
 }
 
