@@ -33,14 +33,27 @@ fn the_tree_peak_counts_every_descendant_and_the_own_peak_only_the_root() {
 fn a_forked_child_that_has_not_exec_d_is_not_counted_twice() {
     // The background group is a forked bash that never execs: its VmRSS shows the ~30 MB it
     // shares copy-on-write with its parent.
+    // It says when `x` is built and the group started, so no sample sees the command
+    // substitution's head and tr (a loaded machine may still be running them after 300 ms).
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
     let mut root = Command::new("bash")
         .args([
             "-c",
-            "x=$(head -c 30000000 /dev/zero | tr '\\0' a); { sleep 1; true; } & wait",
+            "x=$(head -c 30000000 /dev/zero | tr '\\0' a); { sleep 2; true; } & touch \"$READY\"; wait",
         ])
+        .env("READY", &ready)
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    while !ready.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the script never got ready"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(100));
     let tree = PeakTree::start(root.id(), Duration::from_millis(5));
     std::thread::sleep(Duration::from_millis(400));
     let peak = tree.stop().unwrap();
