@@ -158,29 +158,29 @@ impl Harness {
     /// (Re)starts the worker process with the harness's environment plus `extra`.
     pub fn start_worker(&mut self, extra: &[(&str, &str)]) {
         self.worker = None;
-        let mut refs: Vec<(&str, &str)> = self
-            .env
+        let worker = self.spawn_worker_with(&self.worker_runtime, extra);
+        self.worker = Some(worker);
+    }
+
+    /// The harness's environment as the function processes take it.
+    fn env_refs(&self) -> Vec<(&str, &str)> {
+        self.env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
+            .collect()
+    }
+
+    /// A jobs-worker process on `runtime` with the harness's environment plus `extra`.
+    fn spawn_worker_with(&self, runtime: &RuntimeApi, extra: &[(&str, &str)]) -> LambdaProcess {
+        let mut refs = self.env_refs();
         refs.push(("_HANDLER", "jobs-worker"));
         refs.extend_from_slice(extra);
-        self.worker = Some(spawn_function_with_args(
-            &self.bin,
-            &["jobs-worker"],
-            &self.worker_runtime,
-            &refs,
-        ));
+        spawn_function_with_args(&self.bin, &["jobs-worker"], runtime, &refs)
     }
 
     /// One more HTTP function process on the same Runtime API (Lambda's concurrency).
     pub fn spawn_http(&self) -> LambdaProcess {
-        let refs: Vec<(&str, &str)> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        spawn_function(&self.bin, &self.http_runtime, &refs)
+        spawn_function(&self.bin, &self.http_runtime, &self.env_refs())
     }
 
     pub fn worker_logs(&self) -> String {
@@ -403,29 +403,15 @@ impl Harness {
 
     /// `n` more worker processes on the worker runtime (Lambda's concurrency).
     pub fn spawn_workers(&self, n: usize) -> Vec<LambdaProcess> {
-        let mut refs: Vec<(&str, &str)> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        refs.push(("_HANDLER", "jobs-worker"));
         (0..n)
-            .map(|_| {
-                spawn_function_with_args(&self.bin, &["jobs-worker"], &self.worker_runtime, &refs)
-            })
+            .map(|_| self.spawn_worker_with(&self.worker_runtime, &[]))
             .collect()
     }
 
     /// A worker process of its own on `runtime` (a runtime of the caller's: it handles only
     /// what the caller invokes there).
     pub fn spawn_worker_on(&self, runtime: &RuntimeApi) -> LambdaProcess {
-        let mut refs: Vec<(&str, &str)> = self
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        refs.push(("_HANDLER", "jobs-worker"));
-        spawn_function_with_args(&self.bin, &["jobs-worker"], runtime, &refs)
+        self.spawn_worker_with(runtime, &[])
     }
 
     /// The job's tracks' states, in order.
