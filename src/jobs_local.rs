@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use xomcloud_common::config::Settings;
 use xomcloud_common::storage::Storage;
 use xomcloud_download_tracks::jobs::cache::CACHE_PREFIX;
@@ -69,20 +69,42 @@ pub async fn start(
             "JOB_WORKERS is no longer read: tracks of all jobs run DOWNLOAD_CONCURRENCY at a time"
         );
     }
+    // Two lanes: assembly runs at once; the steps that reach SoundCloud pass one gate that hands
+    // out the slots in the order the steps were queued (a task spawned first is not polled first,
+    // so each task taking its own permit would let a later track overtake an earlier one).
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
+    let (gated, mut gate) = tokio::sync::mpsc::unbounded_channel::<JobMessage>();
     let mut receiver = receiver;
     let steps = queue.clone();
     let limits = download.limits.clone();
+    let run = move |message: JobMessage, slot: Option<OwnedSemaphorePermit>| {
+        tokio::spawn(run_step(
+            message,
+            runner.clone(),
+            download.clone(),
+            steps.clone(),
+            slot,
+        ));
+    };
+    let run_gated = run.clone();
+    tokio::spawn(async move {
+        while let Some(message) = gate.recv().await {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            run_gated(message, Some(slot));
+        }
+    });
     tokio::spawn(async move {
         while let Some(message) = receiver.recv().await {
-            let step = run_step(
-                message,
-                runner.clone(),
-                download.clone(),
-                steps.clone(),
-                slots.clone(),
-            );
-            tokio::spawn(step);
+            match message.step {
+                Step::Start | Step::Track(_) => {
+                    if gated.send(message).is_err() {
+                        return;
+                    }
+                }
+                Step::Assemble => run(message, None),
+            }
         }
     });
     if !unfinished.is_empty() {
@@ -97,20 +119,16 @@ pub async fn start(
     Ok(wiring::jobs_api(settings, store, queue, storage, limits))
 }
 
-/// One step, then the steps it asks for on the queue. A step that reaches SoundCloud waits for
-/// one of the `slots` first (the semaphore is fair: steps run in the order they were queued).
-/// A step that fails (the data dir unwritable, say) fails its job.
+/// One step, then the steps it asks for on the queue; `_slot` (a step that reaches SoundCloud
+/// holds one) is given back when the step ends. A step that fails (the data dir unwritable, say)
+/// fails its job.
 async fn run_step(
     message: JobMessage,
     runner: Arc<JobRunner>,
     download: Arc<DownloadService>,
     queue: Arc<dyn JobQueue>,
-    slots: Arc<Semaphore>,
+    _slot: Option<OwnedSemaphorePermit>,
 ) {
-    let _slot = match message.step {
-        Step::Start | Step::Track(_) => Some(slots.acquire_owned().await),
-        Step::Assemble => None,
-    };
     let fetcher = download.fetcher().await;
     let lookup = download.lookup().await;
     let job_id = &message.job_id;

@@ -604,3 +604,33 @@ async fn tracks_of_all_jobs_share_download_concurrency_in_queue_order() {
     );
     assert_eq!(logged_urls(&log).len(), 6);
 }
+
+/// With one slot a job's tracks are fetched one after another in the job's order (the page's
+/// rows fill top to bottom): a step queued later never takes the slot before an earlier one.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_one_slot_a_jobs_tracks_are_fetched_in_its_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("scdl.log");
+    let envs = [
+        ("SCDL_STUB_LOG", log.to_str().unwrap()),
+        ("SCDL_STUB_SIZE", "2000"),
+        ("DOWNLOAD_CONCURRENCY", "1"),
+        ("RATE_LIMIT_PER_MINUTE", "0"),
+    ];
+    let server = serve(dir.path(), Some(SECRET), &envs);
+    let alice = Caller::new(&server, "alice", SECRET);
+    let tracks: Vec<Value> = (0..8).map(|i| track(i, "bench")).collect();
+    let (status, body, _) = alice.post(&tracks, None).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["data"]["job_id"].as_str().unwrap().to_owned();
+    let done = eventually(LIMIT, "the job done", || async {
+        let (_, body) = alice.get(&id).await;
+        (body["data"]["status"] == "done").then_some(body)
+    })
+    .await;
+    assert_eq!(done["data"]["done"], 8, "{done}");
+    let expected: Vec<String> = (0..8)
+        .map(|i| format!("https://soundcloud.com/stub/bench-{i}"))
+        .collect();
+    assert_eq!(logged_urls(&log), expected);
+}
