@@ -17,9 +17,11 @@ use support::soundcloud_api::{hostile_title, SoundCloudApi};
 
 const CLIENT_ID: &str = "real-scdl-client-id-7c41";
 
-/// Which scdl the function runs.
+/// Which scdl the function runs (both expand short links at `api`'s `/on/`).
 enum Tools<'a> {
-    Stub,
+    Stub {
+        api: &'a SoundCloudApi,
+    },
     Real {
         api: &'a SoundCloudApi,
         pids: &'a Path,
@@ -39,8 +41,9 @@ async fn lambda(tools: Tools<'_>) -> Lambda {
     let tmp = tempfile::tempdir().unwrap();
     let mut env: Vec<(String, String)> = s3.env();
     match tools {
-        Tools::Stub => {
+        Tools::Stub { api } => {
             env.extend(support::stub::stub_env());
+            env.push(("SOUNDCLOUD_SHORT_LINK_BASE".into(), api.short_link_base()));
             let stub = support::stub::stub_scdl();
             env.push(("SCDL_BIN".into(), stub.to_str().unwrap().into()));
         }
@@ -198,6 +201,9 @@ async fn the_real_scdl_against_a_fake_soundcloud_answers_as_the_stub_does() {
         track("9", "ratelimit-resolve-ninth", "Slow Resolve"),
         track("10", "broken-tenth", "Broken Segment"),
         track("11", "ok-hostile-eleventh", &hostile),
+        // A short link (what the app's Share button copies): fetched where it leads.
+        {"id": "12", "url": "https://on.soundcloud.com/t-ok-short-twelfth",
+         "title": "Short Link", "artist": "Fake Artist"},
     ]});
 
     let real_fn = lambda(Tools::Real {
@@ -205,19 +211,19 @@ async fn the_real_scdl_against_a_fake_soundcloud_answers_as_the_stub_does() {
         pids: &pids,
     })
     .await;
-    let stub_fn = lambda(Tools::Stub).await;
+    let stub_fn = lambda(Tools::Stub { api: &api }).await;
     let (real, stub) = tokio::join!(download(&real_fn, &body), download(&stub_fn, &body));
 
     // The real tools' answer, case by case.
     let data = &real.data;
-    assert_eq!(data["total"], 11, "{data}");
+    assert_eq!(data["total"], 12, "{data}");
     let downloaded: Vec<&str> = data["tracks_downloaded"]
         .as_array()
         .unwrap()
         .iter()
         .map(|t| t["id"].as_str().unwrap())
         .collect();
-    assert_eq!(downloaded, ["1", "2", "3", "11"], "{data}");
+    assert_eq!(downloaded, ["1", "2", "3", "11", "12"], "{data}");
     let expected = [
         ("4", NOT_FOUND),
         ("5", GEO),
@@ -256,6 +262,7 @@ async fn the_real_scdl_against_a_fake_soundcloud_answers_as_the_stub_does() {
         "Fake Artist - First Song.mp3",
         "Fake Artist - Second Song.mp3",
         "Fake Artist - Third Song.mp3",
+        "Fake Artist - Short Link.mp3",
     ] {
         assert!(plain.remove(name), "{name} missing: {:?}", names(&real));
     }
@@ -291,7 +298,7 @@ async fn the_real_scdl_against_a_fake_soundcloud_answers_as_the_stub_does() {
     let seen = api.received();
     let requested = |needle: &str| seen.iter().filter(|r| r.contains(needle)).count();
     assert!(
-        requested(&format!("GET /tracks/1032303631?client_id={CLIENT_ID}")) >= 11,
+        requested(&format!("GET /tracks/1032303631?client_id={CLIENT_ID}")) >= 12,
         "scdl's client-id check, once per run: {seen:#?}"
     );
     for slug in [
@@ -306,6 +313,7 @@ async fn the_real_scdl_against_a_fake_soundcloud_answers_as_the_stub_does() {
         "ratelimit-resolve-ninth",
         "broken-tenth",
         "ok-hostile-eleventh",
+        "ok-short-twelfth",
     ] {
         assert!(
             seen.iter()
@@ -330,6 +338,8 @@ async fn the_real_scdl_against_a_fake_soundcloud_answers_as_the_stub_does() {
     assert!(requested("GET /hls/broken-tenth/1.mp3") > 1, "{seen:#?}");
     assert!(requested("GET /hls/ratelimit-segment-eighth/1.mp3") > 1);
     assert!(requested("GET /media/soundcloud:tracks:") > 0);
+    // The short link was asked where it leads once by each function; scdl got the address.
+    assert_eq!(requested("GET /on/t-ok-short-twelfth"), 2, "{seen:#?}");
 
     // No process outlived its run: every scdl (Python) process group is gone, and the function
     // has no child left.
@@ -338,8 +348,8 @@ async fn the_real_scdl_against_a_fake_soundcloud_answers_as_the_stub_does() {
         .lines()
         .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
         .collect();
-    assert_eq!(logged.lines().count(), 11, "one scdl per track: {logged}");
-    assert_eq!(groups.len(), 11, "each in its own process group: {logged}");
+    assert_eq!(logged.lines().count(), 12, "one scdl per track: {logged}");
+    assert_eq!(groups.len(), 12, "each in its own process group: {logged}");
     for pgid in groups {
         assert!(!support::stub::group_alive(pgid), "group {pgid} is alive");
     }

@@ -306,6 +306,88 @@ async fn soundcloud_unreachable_fails_the_job() {
     assert_left_nothing(&s.path("tmp"));
 }
 
+/// Short links (on.soundcloud.com, what the app's Share button copies; neither scdl nor yt-dlp
+/// fetches one) are asked where they lead, here at the fake's `/on/`: in a job a short link to a
+/// set expands like the set, one to a track is fetched at the track's own address (its title
+/// as given), a dead one fails its row; `POST /download` fetches a short link's track, and
+/// fails the row of one that leads to a set, pointing to jobs.
+#[tokio::test(flavor = "multi_thread")]
+async fn short_links_lead_to_their_tracks_and_sets() {
+    let s = Setup::start(None).await;
+    let job = s
+        .job(json!([
+            // Complete as the front end sends entries: a short link is resolved all the same.
+            {"id": "7", "url": "https://on.soundcloud.com/s-n3-shared",
+             "title": "My Playlist", "artist": "Me"},
+            {"id": "9", "url": "https://on.soundcloud.com/hop-t-ok-given",
+             "title": "Given", "artist": "Me"},
+            {"url": "https://on.soundcloud.com/gone"},
+        ]))
+        .await;
+    assert_eq!(job["status"], "done", "{job}\n{}", s.server.output());
+    let mut titles: Vec<String> = set_track_slugs("n3-shared")
+        .iter()
+        .map(|s| format!("SoundCloud title of {s}"))
+        .collect();
+    titles.extend(["Given".into(), "Track 5".into()]);
+    assert_eq!(column(&job, "title"), titles);
+    assert_eq!(
+        column(&job, "state"),
+        ["done", "done", "done", "done", "failed"]
+    );
+    assert_eq!(
+        job["tracks"][4]["error"],
+        "Track not found (deleted, private or a wrong URL)"
+    );
+    let mut fetched: Vec<String> = set_track_slugs("n3-shared")
+        .iter()
+        .chain(&["ok-given".to_owned()])
+        .map(|s| format!("https://soundcloud.com/fake-artist/{s}"))
+        .collect();
+    fetched.sort();
+    assert_eq!(s.scdl_urls(), fetched, "the dead link reaches no scdl");
+    let seen = s.api.received();
+    for code in ["s-n3-shared", "hop-t-ok-given", "t-ok-given", "gone"] {
+        assert!(
+            seen.iter().any(|r| r == &format!("GET /on/{code}")),
+            "{code} not asked: {seen:#?}"
+        );
+    }
+
+    // The synchronous endpoint: a short link to a track is fetched at its address; one to a
+    // set is that row's failure (scdl never sees it), one leading off SoundCloud too.
+    let (status, body, _) = s
+        .alice
+        .download(json!([
+            {"id": "1", "url": "https://on.soundcloud.com/t-ok-direct", "title": "Direct"},
+            {"id": "2", "url": "https://on.soundcloud.com/s-n3-shared"},
+            {"id": "3", "url": "https://on.soundcloud.com/away-elsewhere"},
+        ]))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let data = &body["data"];
+    assert_eq!(data["successful"], 1, "{data}");
+    let mut failed: Vec<(&str, &str)> = data["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["id"].as_str().unwrap(), f["error"].as_str().unwrap()))
+        .collect();
+    failed.sort();
+    assert_eq!(failed.len(), 2, "{data}");
+    assert_eq!(failed[0], ("2", xomcloud_download_tracks::scdl::SET_LINK));
+    assert_eq!(failed[1].0, "3");
+    assert!(
+        failed[1].1.contains("an address we do not fetch"),
+        "{}",
+        failed[1].1
+    );
+    fetched.push("https://soundcloud.com/fake-artist/ok-direct".into());
+    fetched.sort();
+    assert_eq!(s.scdl_urls(), fetched);
+    assert_left_nothing(&s.path("tmp"));
+}
+
 /// Every run removed its temp dir (yt-dlp's HOME included).
 fn assert_left_nothing(tmp: &Path) {
     let left: Vec<_> = std::fs::read_dir(tmp)

@@ -31,6 +31,11 @@
 //! `/tracks/{id}` answers a set track's JSON (yt-dlp reads an id-only entry there) and
 //! `/tracks?ids=a,b` a list of them (the batch endpoint, for secret sets).
 //!
+//! Short links (`/on/{code}`, for `SOUNDCLOUD_SHORT_LINK_BASE`) answer 302 with the sharing
+//! app's query: `t-{slug}` to the track `{slug}`, `s-{name}` to the set `{name}`, `hop-{code}`
+//! to the short link `{code}` (a relative `Location`), `away-{slug}` to a host we do not fetch;
+//! any other code is a 404.
+//!
 //! A slug containing `hostile` gets a hostile SoundCloud title (path separators, control
 //! characters, 400+ characters). `/tracks/1032303631` (scdl's client-id check) answers 404,
 //! which the `soundcloud` client takes as "the id is valid".
@@ -94,16 +99,22 @@ impl SoundCloudApi {
         lock(&self.inner.received).clone()
     }
 
+    /// `SOUNDCLOUD_SHORT_LINK_BASE` for this fake's short links.
+    pub fn short_link_base(&self) -> String {
+        format!("{}/on", self.base())
+    }
+
     /// The environment that makes the real scdl (a child of our process, which passes its
     /// environment on minus the credentials) use this API and nothing else: the
     /// `sitecustomize.py` hook on `PYTHONPATH`, its base URL, a file for the pids of the Python
     /// processes, and proxies on a closed port for anything not loopback (libcurl and urllib
-    /// both honour them).
+    /// both honour them); and where our own expansion of short links asks (the fake's).
     pub fn scdl_env(&self, pids: &Path) -> Vec<(String, String)> {
         let dead = "http://127.0.0.1:9".to_owned();
         vec![
             ("PYTHONPATH".into(), hook_dir().to_str().unwrap().to_owned()),
             ("XOMCLOUD_FAKE_SOUNDCLOUD".into(), self.base()),
+            ("SOUNDCLOUD_SHORT_LINK_BASE".into(), self.short_link_base()),
             (
                 "XOMCLOUD_FAKE_SOUNDCLOUD_PIDS".into(),
                 pids.to_str().expect("a UTF-8 path").to_owned(),
@@ -306,6 +317,23 @@ fn segment(len: usize, n: usize, i: usize) -> std::ops::Range<usize> {
     i * size..end
 }
 
+/// Where short link `code` leads, as on.soundcloud.com answers (with the sharing app's query).
+fn short_link_target(code: &str) -> Option<String> {
+    const SHARED: &str = "?ref=clipboard&p=i&c=1&si=5e0c7b&utm_source=clipboard";
+    if let Some(slug) = code.strip_prefix("t-") {
+        Some(format!("https://soundcloud.com/fake-artist/{slug}{SHARED}"))
+    } else if let Some(name) = code.strip_prefix("s-") {
+        Some(format!(
+            "https://soundcloud.com/fake-artist/sets/{name}{SHARED}"
+        ))
+    } else if let Some(next) = code.strip_prefix("hop-") {
+        Some(format!("/{next}"))
+    } else {
+        code.strip_prefix("away-")
+            .map(|slug| format!("https://soundcloud.example/fake-artist/{slug}"))
+    }
+}
+
 async fn answer(State(api): State<Arc<Inner>>, uri: Uri) -> Response {
     lock(&api.received).push(format!(
         "GET {}",
@@ -392,6 +420,15 @@ async fn answer(State(api): State<Arc<Inner>>, uri: Uri) -> Response {
                 reply(StatusCode::OK, "audio/mpeg", api.mp3.clone())
             }
         }
+        // on.soundcloud.com's short links (`SOUNDCLOUD_SHORT_LINK_BASE` = `{base}/on`).
+        ["on", code] => match short_link_target(code) {
+            Some(target) => Response::builder()
+                .status(StatusCode::FOUND)
+                .header(header::LOCATION, target)
+                .body(axum::body::Body::empty())
+                .unwrap(),
+            None => not_found(),
+        },
         // A set's id-only track, read by its id.
         ["tracks", id] => {
             let slug = id

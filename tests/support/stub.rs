@@ -26,13 +26,20 @@ pub fn stub_scdl() -> PathBuf {
     path
 }
 
-/// Variables the stub needs: `SCDL_STUB_MP3` and `SCDL_STUB_M4A` (real audio files). Tests add
-/// `SCDL_STUB_LOG`, `SCDL_STUB_PIDS`, `SCDL_STUB_DELAY` or `SCDL_STUB_SIZE` when they need them.
+/// Variables the stub needs: `SCDL_STUB_MP3` and `SCDL_STUB_M4A` (real audio files), and where
+/// short links are expanded (nowhere). Tests add `SCDL_STUB_LOG`, `SCDL_STUB_PIDS`,
+/// `SCDL_STUB_DELAY` or `SCDL_STUB_SIZE` when they need them.
 pub fn stub_env() -> Vec<(String, String)> {
     let path = |p: &Path| p.to_str().expect("UTF-8 sample path").to_owned();
     vec![
         ("SCDL_STUB_MP3".to_owned(), path(media::sample_mp3())),
         ("SCDL_STUB_M4A".to_owned(), path(media::sample_m4a())),
+        // Short links are asked where they lead: at a closed port, never on.soundcloud.com (a
+        // test with a fake SoundCloud points it there).
+        (
+            "SOUNDCLOUD_SHORT_LINK_BASE".to_owned(),
+            "http://127.0.0.1:9".to_owned(),
+        ),
     ]
 }
 

@@ -226,6 +226,9 @@ pub struct Settings {
     pub scdl_bin: PathBuf,
     /// `YT_DLP_BIN`; unset: the `yt-dlp` next to `scdl_bin` (see [`Settings::yt_dlp_bin`]).
     pub yt_dlp_bin: Option<PathBuf>,
+    /// `SOUNDCLOUD_SHORT_LINK_BASE`: where `on.soundcloud.com` links are asked where they lead
+    /// instead of that host (tests point it at a fake); unset: `https://on.soundcloud.com`.
+    pub short_link_base: Option<String>,
     pub ffmpeg_bin: PathBuf,
     pub jwt_leeway_seconds: u64,
     pub jwt_issuer: Option<String>,
@@ -326,6 +329,7 @@ impl Settings {
             track_timeout: Duration::from_secs(number("TRACK_TIMEOUT_SECONDS", 120, 1)?),
             scdl_bin: text("SCDL_BIN").unwrap_or_else(|| "scdl".into()).into(),
             yt_dlp_bin: text("YT_DLP_BIN").map(PathBuf::from),
+            short_link_base: text("SOUNDCLOUD_SHORT_LINK_BASE"),
             ffmpeg_bin: text("FFMPEG_BIN").unwrap_or_else(|| "ffmpeg".into()).into(),
             jwt_leeway_seconds: number("JWT_LEEWAY_SECONDS", 0, 0)?,
             jwt_issuer: text("JWT_ISSUER"),

@@ -10,6 +10,7 @@ pub mod pipeline;
 pub mod resolve;
 pub mod scdl;
 pub mod service;
+pub mod shortlink;
 pub mod validate;
 pub mod wiring;
 pub mod zip_stream;

@@ -14,6 +14,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::scdl::{classify, error_line, last_line, run, scrub, ChildHome, FetchError, Output};
+use crate::shortlink::{is_short_link, ShortLinks};
 use crate::validate::{check_url, is_set_url, Track, MAX_TEXT_CHARS};
 
 /// yt-dlp's options, before `--` and the URLs: no user config, one JSON document per URL, a set's
@@ -138,8 +139,12 @@ pub async fn resolve_keyed(
             }
             Found::Track(meta) => {
                 let mut merged = merge(&track, &meta);
-                // The client's link is kept (it passed validation); the set case has none.
-                merged.url = track.url;
+                // The client's link is kept (it passed validation; the set case has none), but
+                // a short link becomes the address it leads to (checked below, as any).
+                merged.url = match &meta.url {
+                    Some(url) if is_short_link(&track.url) => url.clone(),
+                    _ => track.url,
+                };
                 out.push((merged, i, false, soundcloud_id(&meta)));
             }
         }
@@ -302,6 +307,8 @@ pub struct YtDlpLookup {
     pub timeout: Duration,
     /// Where each run's HOME goes (removed after the run).
     pub temp_root: PathBuf,
+    /// Short links are expanded before yt-dlp sees them (its SoundCloud extractor has none).
+    pub short_links: ShortLinks,
 }
 
 /// The command line for `urls`.
@@ -325,6 +332,29 @@ impl Drop for TempDir {
 #[async_trait]
 impl Lookup for YtDlpLookup {
     async fn look_up(&self, urls: &[String]) -> Result<Vec<Result<Found, FetchError>>, FetchError> {
+        let mut expanded = Vec::with_capacity(urls.len());
+        for url in urls {
+            expanded.push(self.short_links.expand(url).await);
+        }
+        let asked: Vec<String> = expanded.iter().flatten().cloned().collect();
+        let answers = if asked.is_empty() {
+            HashMap::new()
+        } else {
+            self.run(&asked).await?
+        };
+        Ok(expanded
+            .into_iter()
+            .map(|url| answers[&url?].clone())
+            .collect())
+    }
+}
+
+impl YtDlpLookup {
+    /// One yt-dlp run for `urls`: an answer for each.
+    async fn run(
+        &self,
+        urls: &[String],
+    ) -> Result<HashMap<String, Result<Found, FetchError>>, FetchError> {
         let deadline = Instant::now() + self.timeout;
         let dir = TempDir(
             self.temp_root
@@ -371,7 +401,7 @@ impl Lookup for YtDlpLookup {
         }
         Ok(urls
             .iter()
-            .map(|url| by_url.get(url).cloned().ok_or_else(failure))
+            .map(|url| (url.clone(), by_url.get(url).cloned().ok_or_else(failure)))
             .collect())
     }
 }

@@ -12,6 +12,9 @@ use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio::time::Instant;
 
+use crate::shortlink::ShortLinks;
+use crate::validate::is_set_url;
+
 /// Why a track could not be fetched, in words a user understands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FetchError {
@@ -68,6 +71,10 @@ pub fn scdl_args(url: &str, out_dir: &Path, client_id: Option<&str>) -> Vec<OsSt
     args
 }
 
+/// A track link that turned out to lead to a set.
+pub const SET_LINK: &str =
+    "The link leads to a set (playlist), not a track; sets are fetched as jobs (POST /jobs)";
+
 /// Environment variables a child never inherits.
 const SECRET_VARS: &[&str] = &[
     "API_SECRET_KEY",
@@ -92,6 +99,8 @@ pub struct ScdlFetcher {
     pub ffmpeg_bin: PathBuf,
     pub client_id: Option<String>,
     pub timeout: Duration,
+    /// scdl cannot fetch an `on.soundcloud.com` link: it is expanded first.
+    pub short_links: ShortLinks,
 }
 
 pub(crate) struct Finished {
@@ -303,6 +312,13 @@ impl ScdlFetcher {
 impl TrackFetcher for ScdlFetcher {
     async fn fetch(&self, url: &str, dir: &Path) -> Result<PathBuf, FetchError> {
         let deadline = Instant::now() + self.timeout;
+        let expanded = self.short_links.expand(url).await?;
+        // A short link may lead to a set, which scdl would fetch whole (one file kept, the
+        // rest for nothing): a set is a job's (resolution expands it there).
+        if is_set_url(&expanded) {
+            return Err(FetchError::Failed(SET_LINK.into()));
+        }
+        let url = expanded.as_str();
         let out = dir.join("out");
         tokio::fs::create_dir_all(&out)
             .await

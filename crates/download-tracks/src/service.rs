@@ -14,7 +14,11 @@ use crate::limits::Limits;
 use crate::pipeline::{DownloadResult, Pipeline, Progress};
 use crate::resolve::YtDlpLookup;
 use crate::scdl::{ScdlFetcher, TrackFetcher};
+use crate::shortlink::ShortLinks;
 use crate::validate::{key_owner, parse_request, Track};
+
+/// Longest wait for on.soundcloud.com to say where a short link leads.
+const SHORT_LINK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct DownloadService {
     pub pipeline: Pipeline,
@@ -31,6 +35,7 @@ pub struct DownloadService {
 
 impl DownloadService {
     pub fn new(settings: &Settings, storage: Arc<dyn Storage>, secrets: Secrets) -> Self {
+        let short_links = ShortLinks::new(settings.short_link_base.clone(), SHORT_LINK_TIMEOUT);
         Self {
             pipeline: Pipeline::new(storage, settings.concurrency, settings.presigned_expiry),
             secrets,
@@ -39,12 +44,14 @@ impl DownloadService {
                 ffmpeg_bin: settings.ffmpeg_bin.clone(),
                 client_id: None,
                 timeout: settings.track_timeout,
+                short_links: short_links.clone(),
             },
             yt_dlp: YtDlpLookup {
                 yt_dlp_bin: settings.yt_dlp_bin(),
                 client_id: None,
                 timeout: settings.track_timeout,
                 temp_root: std::env::temp_dir(),
+                short_links,
             },
             max_tracks: settings.max_tracks,
             cors: Cors::new(settings.cors_allow_origin.as_deref()),

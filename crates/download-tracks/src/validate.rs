@@ -65,18 +65,20 @@ pub fn parse_job_request(body: &[u8], max_tracks: usize) -> Result<DownloadReque
 }
 
 impl Track {
-    /// A job resolves this entry before fetching: a set, or an entry without its id, title or
-    /// artist.
+    /// A job resolves this entry before fetching: a set, a short link (it may lead to a set),
+    /// or an entry without its id, title or artist.
     pub fn needs_resolution(&self) -> bool {
         self.id.is_empty()
             || self.title.is_empty()
             || self.artist.is_empty()
             || is_set_url(&self.url)
+            || crate::shortlink::is_short_link(&self.url)
     }
 }
 
 /// A SoundCloud set (playlist or album): `soundcloud.com/{user}/sets/{name}` (also `www.`, `m.`)
-/// or `api.soundcloud.com/playlists/{id}`. `on.soundcloud.com` short links cannot be told apart.
+/// or `api.soundcloud.com/playlists/{id}`. An `on.soundcloud.com` short link cannot be told
+/// apart without asking where it leads (`shortlink`).
 pub fn is_set_url(url: &str) -> bool {
     let Ok(parsed) = Url::parse(url) else {
         return false;
