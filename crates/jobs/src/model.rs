@@ -164,6 +164,17 @@ impl TrackRecord {
         self.crc32 = update.crc32;
         self.attempts = update.attempts;
     }
+
+    /// The fields [`TrackRecord::apply`] writes, as they are now.
+    pub fn update(&self) -> TrackUpdate {
+        TrackUpdate {
+            state: self.state,
+            error: self.error.clone(),
+            size: self.size,
+            crc32: self.crc32,
+            attempts: self.attempts,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -244,6 +255,40 @@ pub struct TrackUpdate {
     pub size: Option<u64>,
     pub crc32: Option<u32>,
     pub attempts: u32,
+}
+
+impl TrackUpdate {
+    /// Being fetched (its `attempts`-th try), or waiting for another job's fetch (0).
+    pub fn downloading(attempts: u32) -> Self {
+        Self {
+            state: TrackState::Downloading,
+            error: None,
+            size: None,
+            crc32: None,
+            attempts,
+        }
+    }
+
+    /// Stored: its size and CRC-32.
+    pub fn done(size: u64, crc32: u32, attempts: u32) -> Self {
+        Self {
+            state: TrackState::Done,
+            error: None,
+            size: Some(size),
+            crc32: Some(crc32),
+            attempts,
+        }
+    }
+
+    pub fn failed(error: impl Into<String>, attempts: u32) -> Self {
+        Self {
+            state: TrackState::Failed,
+            error: Some(error.into()),
+            size: None,
+            crc32: None,
+            attempts,
+        }
+    }
 }
 
 /// What `transition` writes besides the status; a `None` field leaves the stored value as it is.

@@ -202,7 +202,8 @@ impl JobRunner {
             }
         }
         let store = &self.store;
-        let settled: Vec<Settled> = stream::iter(cached.clone())
+        let cached_count = cached.len();
+        let settled: Vec<Settled> = stream::iter(cached)
             .map(|(i, meta)| async move {
                 store
                     .settle_track(job_id, i, &TrackWork::done(meta, 0))
@@ -213,7 +214,7 @@ impl JobRunner {
             .await?;
         tracing::info!(
             job = job_id,
-            cached = cached.len(),
+            cached = cached_count,
             to_fetch = next.len(),
             "job started"
         );
@@ -288,14 +289,9 @@ impl JobRunner {
             return Ok(Vec::new());
         }
         let settled = if record.state.is_settled() {
-            let update = TrackUpdate {
-                state: record.state,
-                error: record.error,
-                size: record.size,
-                crc32: record.crc32,
-                attempts: record.attempts,
-            };
-            self.store.settle_track(job_id, index, &update).await?
+            self.store
+                .settle_track(job_id, index, &record.update())
+                .await?
         } else {
             // A track started now must be able to finish, retry included, with time to spare.
             let needed = self.track_timeout * 3 + self.retry_pause;
@@ -383,13 +379,7 @@ impl JobRunner {
         job_id: &str,
         index: usize,
     ) -> Result<Vec<JobMessage>, RunError> {
-        let update = TrackUpdate {
-            state: TrackState::Failed,
-            error: Some(TRACK_DEAD_LETTER_ERROR.into()),
-            size: None,
-            crc32: None,
-            attempts: 0,
-        };
+        let update = TrackUpdate::failed(TRACK_DEAD_LETTER_ERROR, 0);
         match self.store.settle_track(job_id, index, &update).await {
             Ok(settled) => Ok(self.after_settling(job_id, &settled)),
             // The job expired or never had that track: nothing to settle.

@@ -57,13 +57,7 @@ impl TrackWork {
     }
 
     pub fn done(meta: ObjectMeta, attempts: u32) -> TrackUpdate {
-        TrackUpdate {
-            state: TrackState::Done,
-            error: None,
-            size: Some(meta.size),
-            crc32: Some(meta.crc32),
-            attempts,
-        }
+        TrackUpdate::done(meta.size, meta.crc32, attempts)
     }
 
     /// Cached: taken at once. Else fetched under the key's lease; while another job holds it,
@@ -103,14 +97,7 @@ impl TrackWork {
             if !waiting {
                 waiting = true;
                 tracing::info!(job = %self.job_id, track = self.index, "another job is fetching the track: waiting");
-                self.record(TrackUpdate {
-                    state: TrackState::Downloading,
-                    error: None,
-                    size: None,
-                    crc32: None,
-                    attempts: 0,
-                })
-                .await?;
+                self.record(TrackUpdate::downloading(0)).await?;
             }
             tokio::time::sleep(self.poll_interval).await;
         }
@@ -120,14 +107,7 @@ impl TrackWork {
         let mut attempts = 0;
         let result = loop {
             attempts += 1;
-            self.record(TrackUpdate {
-                state: TrackState::Downloading,
-                error: None,
-                size: None,
-                crc32: None,
-                attempts,
-            })
-            .await?;
+            self.record(TrackUpdate::downloading(attempts)).await?;
             let _ = tokio::fs::remove_dir_all(&self.dir).await;
             match self.fetcher.fetch(&self.url, &self.dir).await {
                 Err(reason) if attempts == 1 && is_passing(&reason) => {
@@ -142,26 +122,14 @@ impl TrackWork {
                 Ok(meta) => Self::done(meta, attempts),
                 Err(StoreFileError::Read(e)) => {
                     tracing::warn!(job = %self.job_id, track = self.index, error = %e, "cannot read the fetched file");
-                    TrackUpdate {
-                        state: TrackState::Failed,
-                        error: Some(crate::pipeline::UNREADABLE.into()),
-                        size: None,
-                        crc32: None,
-                        attempts,
-                    }
+                    TrackUpdate::failed(crate::pipeline::UNREADABLE, attempts)
                 }
                 Err(StoreFileError::Storage(e)) => {
                     let _ = tokio::fs::remove_dir_all(&self.dir).await;
                     return Err(e.into());
                 }
             },
-            Err(reason) => TrackUpdate {
-                state: TrackState::Failed,
-                error: Some(reason.to_string()),
-                size: None,
-                crc32: None,
-                attempts,
-            },
+            Err(reason) => TrackUpdate::failed(reason.to_string(), attempts),
         };
         if let Err(e) = tokio::fs::remove_dir_all(&self.dir).await {
             if e.kind() != std::io::ErrorKind::NotFound {
