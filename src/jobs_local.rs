@@ -61,7 +61,7 @@ pub async fn start(
         }
     });
     let store: Arc<dyn JobStore> = sqlite;
-    let (queue, receiver) = LocalQueue::new();
+    let (queue, mut receiver) = LocalQueue::new();
     let queue: Arc<dyn JobQueue> = Arc::new(queue);
     let runner = Arc::new(wiring::runner(settings, store.clone(), storage.clone()));
     if std::env::var_os("JOB_WORKERS").is_some() {
@@ -74,7 +74,6 @@ pub async fn start(
     // so each task taking its own permit would let a later track overtake an earlier one).
     let slots = Arc::new(Semaphore::new(settings.concurrency.max(1)));
     let (gated, mut gate) = tokio::sync::mpsc::unbounded_channel::<JobMessage>();
-    let mut receiver = receiver;
     let steps = queue.clone();
     let limits = download.limits.clone();
     let run = move |message: JobMessage, slot: Option<OwnedSemaphorePermit>| {

@@ -1,7 +1,8 @@
 //! Builds the Lambda functions' parts from the settings, once per cold start: S3 storage,
 //! secrets (env → SSM), and, when `JOBS_TABLE` and `JOBS_QUEUE_URL` are set, the DynamoDB job
-//! store and the SQS queues (track steps on `TRACK_QUEUE_URL` when set). The per-caller rate limits keep their buckets in `JOBS_TABLE`:
-//! without it they are off (the stage's throttling still applies).
+//! store and the SQS queues (track steps on `TRACK_QUEUE_URL` when set). The per-caller rate
+//! limits keep their buckets in `JOBS_TABLE`: without it they are off (the stage's throttling
+//! still applies).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

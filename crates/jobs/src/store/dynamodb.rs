@@ -398,23 +398,21 @@ impl DynamoStore {
                 .expression_attribute_values(":done", AttributeValue::S("done".into()))
                 .expression_attribute_values(":failed", AttributeValue::S("failed".into()));
         }
+        match request
+            .update_expression(expression)
+            .condition_expression(condition)
+            .send()
+            .await
         {
-            match request
-                .update_expression(expression)
-                .condition_expression(condition)
-                .send()
-                .await
-            {
-                Ok(_) => Ok(true),
-                Err(e) if is_conditional_failure_update(&e) => {
-                    // Settled already (nothing to write), or no such track.
-                    match self.track_item(id, index).await? {
-                        Some(_) if unless_settled => Ok(false),
-                        _ => Err(StoreError(format!("job {id} has no track {index}"))),
-                    }
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure_update(&e) => {
+                // Settled already (nothing to write), or no such track.
+                match self.track_item(id, index).await? {
+                    Some(_) if unless_settled => Ok(false),
+                    _ => Err(StoreError(format!("job {id} has no track {index}"))),
                 }
-                Err(e) => Err(sdk_error("UpdateItem (track)", e)),
             }
+            Err(e) => Err(sdk_error("UpdateItem (track)", e)),
         }
     }
 

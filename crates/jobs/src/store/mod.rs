@@ -94,9 +94,9 @@ pub trait JobStore: Send + Sync {
 
     /// Writes track `index`'s state (and the job's updated_at when the state settles the track:
     /// a progress write touches the track alone, so parallel track steps do not all write the
-    /// job); every field of the update is written, so a
-    /// `None` clears it. An unknown job or index is an error. A progress state (queued,
-    /// downloading) never overwrites a settled track: that write does nothing.
+    /// job); every field of the update is written, so a `None` clears it. An unknown job or
+    /// index is an error. A progress state (queued, downloading) never overwrites a settled
+    /// track: that write does nothing.
     async fn update_track(
         &self,
         id: &str,

@@ -601,7 +601,8 @@ fn get(conn: &mut Connection, id: &str) -> Result<Option<Job>, StoreError> {
 }
 
 /// Writes a track's state (and the job's updated_at when it settles the track); with
-/// `unless_settled`, only over a track not settled yet. Whether it wrote; an unknown job or index is an error.
+/// `unless_settled`, only over a track not settled yet. Whether it wrote; an unknown job or
+/// index is an error.
 fn write_track(
     tx: &rusqlite::Transaction<'_>,
     id: &str,
