@@ -51,7 +51,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::bench::verdict;
+use support::bench::{machine, Verdicts};
 use support::jobs_lambda::{Harness, ALICE, BIN, WORKER_TIME};
 use support::proctree::PeakTree;
 use support::runtime_api::{LambdaProcess, RuntimeApi};
@@ -70,18 +70,6 @@ const LIMIT: Duration = Duration::from_secs(600);
 const RATIO_TARGET: f64 = 1.25;
 const CACHED_TARGET: f64 = 1.3;
 const FLAT_TARGET: f64 = 1.25;
-
-/// Every verdict goes through here, so that any FAIL sets the exit code.
-struct Verdicts {
-    failed: bool,
-}
-
-impl Verdicts {
-    fn check(&mut self, ok: bool) -> &'static str {
-        self.failed |= !ok;
-        verdict(ok)
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -301,17 +289,6 @@ fn release_dir() -> PathBuf {
         bin.display()
     );
     dir
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} cores; {cpu}")
 }
 
 /// CPU seconds (user + system, children reaped included) of this process (the harness, s3s-fs
@@ -566,7 +543,7 @@ fn main() {
             ("MAX_ACTIVE_JOBS_PER_CALLER", "0"),
         ];
         let h = Arc::new(Harness::start_in(&dir, &extra).await);
-        let mut verdicts = Verdicts { failed: false };
+        let mut verdicts = Verdicts::default();
 
         // The harness's one worker, warm, for the lone track steps.
         run_job(&h, &tracks("warm", 0, 1), 1, None).await;

@@ -19,7 +19,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use support::bench::verdict;
+use support::bench::{machine, verdict};
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -304,25 +304,6 @@ async fn rss_by_size(hundred: Result<TreePeak, String>, failed: &mut bool) {
         "3. peak RSS (VmHWM) of serve by job size (× 5 MB, each a fresh serve; the tree: serve and its scdl runs, sampled): {}; flat in N: {verdict_line}",
         figures.join(", ")
     );
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let memory = std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or("unknown memory".to_owned(), |kb| {
-            format!("{:.0} GB", kb as f64 / 1024.0 / 1024.0)
-        });
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cores} cores, {memory}; {cpu}")
 }
 
 fn main() {

@@ -16,7 +16,7 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use support::bench::verdict;
+use support::bench::{verdict, Verdicts};
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -42,18 +42,6 @@ const RSS_TARGET: u64 = 64 * MB;
 const FLAT_TARGET: f64 = 1.25;
 /// How often the process tree's memory is sampled.
 const TREE_EVERY: Duration = Duration::from_millis(10);
-
-/// Every verdict goes through here, so that any FAIL sets the exit code.
-struct Verdicts {
-    failed: bool,
-}
-
-impl Verdicts {
-    fn check(&mut self, ok: bool) -> &'static str {
-        self.failed |= !ok;
-        verdict(ok)
-    }
-}
 
 fn dir_bytes(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -440,7 +428,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut verdicts = Verdicts { failed: false };
+    let mut verdicts = Verdicts::default();
     runtime.block_on(async {
         println!(
             "machine: {} cores; {}; {}",
